@@ -1,0 +1,1 @@
+"""Rules and errors shared by the Pulumi program, the dynamic provider and the HTTP service."""

@@ -1,0 +1,92 @@
+"""Loads the named SQL blocks from the package's .sql files and opens translated connections."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+
+from citrus.errors import DatabaseError, DatabaseUnreachable, SchemaMissing
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def load(filename: str = "queries.sql") -> dict[str, str]:
+    """Splits a .sql file into its `-- name: x` blocks."""
+    text = importlib.resources.files(__package__).joinpath(filename).read_text()
+    pieces = _NAME.split(text)
+    return {name: body.strip() for name, body in zip(pieces[1::2], pieces[2::2], strict=True)}
+
+
+def schema() -> str:
+    return importlib.resources.files(__package__).joinpath("schema.sql").read_text()
+
+
+def describe(conninfo: str) -> str:
+    """The connection target without credentials, safe for messages and logs."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparseable database URL>"
+    host = params.get("host") or "local socket"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or '(default db)'}"
+
+
+def check_conninfo(conninfo: str, field: str) -> None:
+    """Raises InvalidValue if the URL/conninfo cannot be parsed, without echoing it."""
+    from citrus.errors import InvalidValue
+
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        raise InvalidValue(
+            field, "must be a PostgreSQL URL (postgresql://user@host/db) or conninfo (value hidden)"
+        ) from None
+
+
+@contextmanager
+def connect(conninfo: str, *, connect_timeout: int = 10) -> Iterator[psycopg.Connection]:
+    """One transaction on a fresh connection; driver errors become DatabaseError subclasses.
+
+    Fresh connections suit the dynamic provider: each call is a short, separate process step
+    and nothing may be held in the pickled provider.
+    """
+    where = describe(conninfo)
+    try:
+        conn = psycopg.connect(conninfo, connect_timeout=connect_timeout, autocommit=False)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(
+            f"cannot connect to PostgreSQL at {where}: {_first_line(exc)}. "
+            "Check that the server is running and that databaseUrl (or DATABASE_URL) is right."
+        ) from exc
+    try:
+        with conn:
+            yield conn
+    except pg_errors.UndefinedTable as exc:
+        raise SchemaMissing(
+            f"the citrus tables are missing in {where} ({_first_line(exc)}). "
+            "Apply the schema first: DATABASE_URL=... python -m db migrate"
+        ) from exc
+    except pg_errors.CheckViolation as exc:
+        raise DatabaseError(
+            f"{where} refused the row: constraint {exc.diag.constraint_name} failed"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(
+            f"lost the connection to PostgreSQL at {where}: {_first_line(exc)}. "
+            "Retry when it is back."
+        ) from exc
+    finally:
+        conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or ["no detail"])[0]
