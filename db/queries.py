@@ -75,7 +75,8 @@ def connect(conninfo: str, *, connect_timeout: int = 10) -> Iterator[psycopg.Con
             f"the citrus tables are missing in {where} ({_first_line(exc)}). "
             "Apply the schema first: DATABASE_URL=... python -m db migrate"
         ) from exc
-    except pg_errors.CheckViolation as exc:
+    except psycopg.IntegrityError as exc:
+        # Callers that expect a conflict look at __cause__ (UniqueViolation, ForeignKeyViolation).
         raise DatabaseError(
             f"{where} refused the row: constraint {exc.diag.constraint_name} failed"
         ) from exc

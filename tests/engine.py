@@ -45,6 +45,7 @@ class Registration:
     id: str = ""
     parent: str = ""
     additional_secret_outputs: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
     provider: Any = None  # the unpickled dynamic provider, if any
 
 
@@ -68,12 +69,12 @@ class TestEngine(pulumi.runtime.Mocks):
         self.config = config or {}
         self.registrations: list[Registration] = []
         self.registered_outputs: dict[str, dict[str, Any]] = {}  # urn -> register_outputs
-        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending: dict[tuple[str, str], tuple[str, list[str], list[str]]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
         reg = Registration(args.typ, args.name, bool(args.custom), args.inputs)
-        reg.parent, reg.additional_secret_outputs = self._pending.pop(
-            (args.typ, args.name), ("", [])
+        reg.parent, reg.additional_secret_outputs, reg.ignore_changes = self._pending.pop(
+            (args.typ, args.name), ("", [], [])
         )
         self.registrations.append(reg)
         inputs = unwrap(args.inputs)
@@ -95,6 +96,11 @@ class TestEngine(pulumi.runtime.Mocks):
             reg.outputs = {**inputs, "ipv4Address": ip, "status": "active", "urn": droplet_id}
         else:
             reg.id, reg.outputs = f"{args.name}-id", dict(inputs)
+        # The engine's rule: an output is secret when the same-named input was.
+        reg.outputs = {
+            k: rpc.wrap_rpc_secret(v) if rpc.is_rpc_secret(args.inputs.get(k)) else v
+            for k, v in reg.outputs.items()
+        }
         return reg.id, reg.outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
@@ -128,6 +134,7 @@ class RecordingMonitor(mocks.MockMonitor):
         self.engine._pending[(request.type, request.name)] = (
             request.parent,
             list(request.additionalSecretOutputs),
+            list(request.ignoreChanges),
         )
         return super().RegisterResource(request)
 
