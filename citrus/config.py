@@ -46,6 +46,7 @@ class AgentServerArgs:
     """Everything one AgentServer needs, already validated."""
 
     server_name: str
+    agent_name: str
     region: str
     size: str
     image: str
@@ -118,8 +119,10 @@ def load(
         server_name = check("serverName", validation.server_name)
     else:
         server_name = _check_stack_name(stack, errors)
+    agent_name = check("agentName", validation.agent_name) if raw("agentName") else None
     args = dict(
         server_name=server_name,
+        agent_name=agent_name or f"agent-{server_name}",
         region=check("region", validation.region),
         size=check("size", validation.size),
         image=check("image", validation.image),

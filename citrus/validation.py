@@ -47,6 +47,16 @@ def server_name(value: object, field: str = "serverName") -> str:
     return text
 
 
+def agent_name(value: object, field: str = "agentName") -> str:
+    """The agents row's name: agent-<server name> or the old platform's agent-<unix millis>."""
+    text = required_text(value, field)
+    if len(text) > SERVER_NAME_MAX + len("agent-") or not _HOSTNAME.fullmatch(text):
+        raise InvalidValue(
+            field, f"must be a hostname-like name of at most {SERVER_NAME_MAX + 6} characters"
+        )
+    return text
+
+
 def region(value: object, field: str = "region") -> str:
     text = required_text(value, field)
     if not _REGION.fullmatch(text):

@@ -39,7 +39,7 @@ class AgentServer(pulumi.ComponentResource):
             f"{name}-agent-row",
             agent_id=agent_id,
             key=agent_key,
-            agent_name=f"agent-{args.server_name}",
+            agent_name=args.agent_name,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.droplet = self._create_droplet(self.agent_row.agentId, agent_key)

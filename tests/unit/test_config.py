@@ -86,3 +86,12 @@ def test_repr_hides_secrets() -> None:
     assert "ghp_token" not in repr(settings)
     assert "dop_v1_x" not in repr(settings)
     assert "db.internal" not in repr(settings)
+
+
+def test_agent_name_defaults_to_agent_dash_server_name_and_can_be_set() -> None:
+    default = load(VALID.get, stack="web-1", get_provider=DO.get, environ={}).args
+    values = {**VALID, "agentName": "agent-1732665600000"}
+    explicit = load(values.get, stack="web-1", get_provider=DO.get, environ={}).args
+
+    assert default.agent_name == "agent-web-1"
+    assert explicit.agent_name == "agent-1732665600000"
