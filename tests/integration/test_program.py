@@ -190,6 +190,7 @@ def test_database_password_appears_nowhere(deployed: TestEngine) -> None:
     ("key", "value"),
     [
         ("serverName", "bad_name!"),
+        ("agentName", "agent bad"),
         ("region", "SFO3"),
         ("size", "s 1vcpu"),
         ("image", "debian;reboot"),
@@ -201,6 +202,7 @@ def test_database_password_appears_nowhere(deployed: TestEngine) -> None:
         ("tags", ["bad tag"]),
         ("vpcUuid", "not-a-uuid"),
         ("monitoring", "maybe"),
+        ("replaceOnBootScriptChange", "sometimes"),
         ("databaseUrl", "postgresql://[broken"),
     ],
 )
