@@ -45,12 +45,12 @@ finish() {
   fi
 }
 trap finish EXIT
-retry() {
+retry() {  # three attempts, 3 s then 6 s apart: rides out a mirror or network hiccup
   local n
-  for n in 1 2 3 4; do
+  for n in 1 2; do
     "$@" && return 0
-    log "attempt $n of '$1' failed; retrying in $((n * 5))s"
-    sleep $((n * 5))
+    log "attempt $n of '$1' failed; retrying in $((n * 3))s"
+    sleep $((n * 3))
   done
   "$@"
 }
