@@ -40,3 +40,154 @@ RETURNING id::text AS id, name, digital_ocean_id, region, size, status, agent_id
 
 -- name: delete_server
 DELETE FROM servers WHERE id = %(id)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- The HTTP service: deployments (service/deployments.py). `tail` = characters of output to show.
+
+-- name: insert_up_deployment
+-- Refuses (no row) when a servers row already has this name; the partial unique index
+-- deployments_one_active refuses a second queued/running deployment for the name.
+INSERT INTO deployments (server_name, kind, config)
+SELECT %(server_name)s, 'up', %(config)s
+WHERE NOT EXISTS (SELECT 1 FROM servers WHERE name = %(server_name)s)
+RETURNING id, server_name, kind, state, config, outputs, error, '' AS output_tail, job_id, attempts,
+          created_at, started_at, updated_at, finished_at;
+
+-- name: insert_destroy_deployment
+INSERT INTO deployments (server_name, kind, config)
+VALUES (%(server_name)s, 'destroy', %(config)s)
+RETURNING id, server_name, kind, state, config, outputs, error, '' AS output_tail, job_id, attempts,
+          created_at, started_at, updated_at, finished_at;
+
+-- name: select_deployment
+SELECT id, server_name, kind, state, config, outputs, error, right(output, %(tail)s) AS output_tail,
+       job_id, attempts, created_at, started_at, updated_at, finished_at
+FROM deployments WHERE id = %(id)s;
+
+-- name: select_active_deployment
+SELECT id, server_name, kind, state, config, outputs, error, right(output, %(tail)s) AS output_tail,
+       job_id, attempts, created_at, started_at, updated_at, finished_at
+FROM deployments WHERE server_name = %(server_name)s AND state IN ('queued', 'running');
+
+-- name: select_last_finished_deployment
+SELECT id, server_name, kind, state, config, outputs, error, right(output, %(tail)s) AS output_tail,
+       job_id, attempts, created_at, started_at, updated_at, finished_at
+FROM deployments WHERE server_name = %(server_name)s AND state IN ('succeeded', 'failed')
+ORDER BY id DESC LIMIT 1;
+
+-- name: select_last_up_outputs
+SELECT outputs FROM deployments
+WHERE server_name = %(server_name)s AND kind = 'up' AND state = 'succeeded'
+ORDER BY id DESC LIMIT 1;
+
+-- name: select_server_with_agent
+SELECT s.name, s.digital_ocean_id, s.region, s.size, s.status, s.agent_id::text AS agent_id,
+       a.name AS agent_name, a.status AS agent_status, s.created_at
+FROM servers s LEFT JOIN agents a ON a.id = s.agent_id
+WHERE s.name = %(server_name)s;
+
+-- name: list_servers
+-- Every name with a servers row or a deployment, except names whose last deployment was a
+-- successful destroy and that have no row left.
+WITH latest AS (
+    SELECT DISTINCT ON (server_name) id, server_name, kind, state, error
+    FROM deployments ORDER BY server_name, id DESC
+)
+SELECT coalesce(s.name, l.server_name) AS name, s.digital_ocean_id, s.region, s.size,
+       s.status AS server_status, s.agent_id::text AS agent_id, a.status AS agent_status,
+       l.id AS deployment_id, l.kind AS deployment_kind, l.state AS deployment_state,
+       l.error AS deployment_error,
+       (SELECT d.outputs ->> 'ipv4Address' FROM deployments d
+         WHERE d.server_name = coalesce(s.name, l.server_name) AND d.kind = 'up'
+           AND d.state = 'succeeded' ORDER BY d.id DESC LIMIT 1) AS ipv4_address
+FROM servers s
+FULL OUTER JOIN latest l ON l.server_name = s.name
+LEFT JOIN agents a ON a.id = s.agent_id
+WHERE NOT (s.name IS NULL AND l.kind = 'destroy' AND l.state = 'succeeded')
+ORDER BY 1
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: start_attempt
+-- A worker takes the deployment; a row already finished is left alone (no row returned).
+UPDATE deployments
+SET state = 'running', attempts = attempts + 1, job_id = %(job_id)s,
+    started_at = coalesce(started_at, now()), updated_at = now()
+WHERE id = %(id)s AND state IN ('queued', 'running')
+RETURNING id, server_name, kind, state, config, outputs, error, '' AS output_tail, job_id, attempts,
+          created_at, started_at, updated_at, finished_at;
+
+-- name: append_output
+-- Keeps the last 1 MiB of output.
+UPDATE deployments SET output = right(output || %(text)s, 1048576), updated_at = now()
+WHERE id = %(id)s;
+
+-- name: succeed_deployment
+UPDATE deployments
+SET state = 'succeeded', outputs = %(outputs)s, error = NULL, finished_at = now(), updated_at = now()
+WHERE id = %(id)s AND state = 'running';
+
+-- name: fail_deployment
+UPDATE deployments SET state = 'failed', error = %(error)s, finished_at = now(), updated_at = now()
+WHERE id = %(id)s AND state IN ('queued', 'running')
+RETURNING server_name;
+
+-- name: fail_server
+-- A failed deployment leaves its server 'failed' (when the droplet got that far).
+UPDATE servers SET status = 'failed' WHERE name = %(server_name)s AND status <> 'failed';
+
+-- name: requeue_deployment
+-- A transient failure: the job is retried later, the record says why it is waiting.
+UPDATE deployments
+SET state = 'queued', error = %(error)s, output = right(output || %(text)s, 1048576), updated_at = now()
+WHERE id = %(id)s AND state = 'running';
+
+-- name: interrupt_deployment
+-- The attempt's worker stopped sending heartbeats; only the attempt that was running is marked.
+UPDATE deployments
+SET state = 'queued', error = %(error)s, output = right(output || %(text)s, 1048576), updated_at = now()
+WHERE id = %(id)s AND state = 'running' AND attempts = %(attempts)s
+RETURNING id;
+
+-- name: select_failed_servers_without_deployment
+-- Remediation candidates: failed servers with nothing queued or running for their name.
+SELECT s.name FROM servers s
+WHERE s.status = 'failed'
+  AND NOT EXISTS (SELECT 1 FROM deployments d
+                  WHERE d.server_name = s.name AND d.state IN ('queued', 'running'))
+ORDER BY s.name LIMIT %(limit)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- The stale-agent check (service/stale.py). One statement per transition; each is safe when
+-- several run at once: a row already changed no longer matches and is skipped.
+
+-- name: fail_stale_agents
+-- Agents still 'offline' after the timeout become 'failed', and their servers still
+-- 'provisioning' with them, in one statement (never one without the other). The agents side
+-- uses the partial index agents_offline_created_at, the servers side servers_agent_id.
+WITH failed AS (
+    UPDATE agents SET status = 'failed'
+    WHERE status = 'offline' AND created_at < now() - make_interval(secs => %(timeout_seconds)s)
+    RETURNING id, name
+), failed_servers AS (
+    UPDATE servers s SET status = 'failed'
+    FROM failed
+    WHERE s.agent_id = failed.id AND s.status = 'provisioning'
+    RETURNING s.name
+)
+SELECT 'agent' AS kind, name FROM failed
+UNION ALL
+SELECT 'server', name FROM failed_servers;
+
+-- name: settle_provisioning_servers
+-- Servers still 'provisioning' whose agent's fate is known: 'online' -> 'active'; 'failed' ->
+-- 'failed' (a server row written after its agent was already failed). Driven by the partial
+-- index servers_provisioning_agent_id, one agents lookup per provisioning server. A server
+-- already 'failed' (its deployment failed) is not 'provisioning' and stays as it is.
+UPDATE servers s
+SET status = CASE p.agent_status WHEN 'online' THEN 'active' ELSE 'failed' END
+FROM (
+    SELECT sp.id, (SELECT a.status FROM agents a WHERE a.id = sp.agent_id) AS agent_status
+    FROM servers sp WHERE sp.status = 'provisioning'
+) p
+WHERE s.id = p.id AND s.status = 'provisioning' AND p.agent_status IN ('online', 'failed')
+RETURNING s.name, s.status;

@@ -1,0 +1,1 @@
+"""The HTTP service: deploy-with-agent over the Automation API, a Postgres job queue, workers."""

@@ -1,0 +1,169 @@
+"""`python -m service <command>`: web, worker, all (both, one machine), stale-check, migrate.
+
+Settings come from the environment (see service/settings.py); secrets never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from citrus.errors import CitrusError
+
+
+def _settings() -> Any:
+    from service.settings import load_settings
+
+    return load_settings()
+
+
+def cmd_web(_: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings()
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    return 0
+
+
+def cmd_worker(_: argparse.Namespace) -> int:
+    from service.worker import run_worker
+
+    settings = _settings()
+    settings.check_stack_config()
+    settings.check_deployer()
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+def cmd_all(_: argparse.Namespace) -> int:
+    """Web and one worker as two child processes; stops both when either ends or on Ctrl-C."""
+    settings = _settings()  # fail here, once, on bad settings
+    settings.check_stack_config()
+    settings.check_deployer()
+    children = [
+        subprocess.Popen([sys.executable, "-m", "service", "web"]),
+        subprocess.Popen([sys.executable, "-m", "service", "worker"]),
+    ]
+    print(
+        f"citrus-deploy: web on http://{settings.host}:{settings.port} (docs at /docs), "
+        f"worker with concurrency {settings.worker_concurrency}, deployer {settings.deployer}",
+        flush=True,
+    )
+
+    def stop(*_: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    stop()
+    codes = []
+    for child in children:
+        try:
+            codes.append(child.wait(timeout=15))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            codes.append(child.wait())
+    return max(abs(c) for c in codes) if any(codes) else 0
+
+
+def cmd_stale_check(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from service import stale
+    from service.settings import load_settings
+
+    # Only the database and the timeout matter here; no admin token is needed to run it.
+    settings = load_settings(
+        ADMIN_TOKEN=os.environ.get("ADMIN_TOKEN") or "stale-check-needs-no-admin-token"
+    )
+
+    async def run() -> int:
+        conninfo = settings.database_url.get_secret_value()
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            result = await stale.check(conn, args.timeout or settings.agent_connect_timeout)
+        if args.remediate or settings.remediate_failed_servers:
+            from service.worker import open_pool, remediate
+
+            pool = open_pool(settings, max_size=2)
+            await pool.open(wait=True, timeout=10)
+            try:
+                from procrastinate import PsycopgConnector
+
+                from service import tasks
+
+                with tasks.app.replace_connector(PsycopgConnector()) as queue:
+                    async with queue.open_async(pool):
+                        queued = await remediate(pool)
+            finally:
+                await pool.close()
+            print(f"remediation: destroy queued for {len(queued)} failed server(s)")
+        print(
+            f"stale check: {len(result.failed_agents)} agent(s) failed, "
+            f"{len(result.failed_servers)} server(s) failed, "
+            f"{len(result.active_servers)} server(s) active ({result.seconds:.3f}s)"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from db.queries import describe
+    from service.migrate import migrate
+
+    conninfo = os.environ.get("DATABASE_URL")
+    if not conninfo:
+        print("DATABASE_URL is not set: export it (postgresql://user@host/db)", file=sys.stderr)
+        return 2
+    created = migrate(conninfo)
+    queue = "created" if created else "already there"
+    print(f"schema applied to {describe(conninfo)}; queue schema {queue}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("web", help="the HTTP service (uvicorn)").set_defaults(func=cmd_web)
+    sub.add_parser("worker", help="a queue worker").set_defaults(func=cmd_worker)
+    sub.add_parser("all", help="web + worker on this machine").set_defaults(func=cmd_all)
+    stale_cmd = sub.add_parser("stale-check", help="run the stale-agent check once")
+    stale_cmd.add_argument("--timeout", type=float, help="seconds (default AGENT_CONNECT_TIMEOUT)")
+    stale_cmd.add_argument(
+        "--remediate", action="store_true", help="also queue the destroy of failed servers"
+    )
+    stale_cmd.set_defaults(func=cmd_stale_check)
+    sub.add_parser("migrate", help="apply our schema and the queue's").set_defaults(
+        func=cmd_migrate
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except CitrusError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

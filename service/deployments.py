@@ -1,0 +1,382 @@
+"""Deployments: enqueue an `up` or `destroy`, record what the worker does, read it back.
+
+The web process calls `enqueue_up`/`enqueue_destroy` and the readers; the worker calls the
+`start_attempt` ... `fail` writers. Each enqueue inserts the deployment and its queue job in one
+transaction, so there is never a record without a job or a job without a record.
+
+Server status as the API shows it: 'destroying' while a destroy is queued or running, else the
+servers row's status when the droplet got that far, else 'provisioning' while an `up` is queued
+or running, else 'failed' (the last `up` failed before the droplet existed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from citrus import validation
+from citrus.errors import CitrusError
+from db import queries
+
+log = logging.getLogger("citrus.deployments")
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed")
+_GENERATED_NAME_TRIES = 50
+
+
+class DeploymentConflict(CitrusError):
+    """The name is taken: a deployment is queued/running for it, or its server exists."""
+
+    def __init__(self, message: str, *, reason: str, server_name: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.server_name = server_name
+
+
+class NotFound(CitrusError):
+    """No server (or deployment) by that name or id."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    server_name: str
+    kind: str
+    state: str
+    config: dict[str, str]
+    error: str | None
+    output_tail: str
+    attempts: int
+    job_id: int | None
+    outputs: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Deployment:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    status: str
+    droplet_id: str | None
+    ipv4_address: str | None
+    region: str | None
+    size: str | None
+    agent_id: str | None
+    agent_name: str | None
+    agent_status: str | None
+    created_at: datetime | None
+    current: Deployment | None
+    last: Deployment | None
+
+
+def server_status(row_status: str | None, current: Deployment | None) -> str:
+    if current is not None and current.kind == "destroy":
+        return "destroying"
+    if row_status is not None:
+        return row_status
+    if current is not None:
+        return "provisioning"
+    return "failed"
+
+
+# -- enqueue (web) ----------------------------------------------------------------------------
+
+
+def default_names(now_ms: int) -> tuple[str, str]:
+    """The old platform's rule when no name is given."""
+    return f"server-{now_ms}", f"agent-{now_ms}"
+
+
+async def enqueue_up(
+    pool: AsyncConnectionPool[Any], name: str | None, *, tail: int = 0
+) -> Deployment:
+    """Queues an `up` for `name` (validated), or for `server-<unix millis>` when None.
+
+    Raises InvalidValue for a bad name, DeploymentConflict when the name is taken. A generated
+    name that is taken (two requests in one millisecond) moves on to the next millisecond.
+    """
+    if name is not None:
+        validation.server_name(name, "name")
+        return await _enqueue(pool, "up", name, {"serverName": name})
+    now_ms = int(time.time() * 1000)
+    for offset in range(_GENERATED_NAME_TRIES):
+        server, agent = default_names(now_ms + offset)
+        try:
+            return await _enqueue(pool, "up", server, {"serverName": server, "agentName": agent})
+        except DeploymentConflict:
+            continue
+    raise DeploymentConflict(
+        "could not find a free generated name; give one", reason="name_in_use", server_name=server
+    )
+
+
+async def enqueue_destroy(pool: AsyncConnectionPool[Any], name: str) -> Deployment:
+    """Queues a `destroy`; NotFound for an unknown name, DeploymentConflict if one is running."""
+    server = await get_server(pool, name)
+    # The same non-secret config as the stack's last `up` (e.g. its agentName).
+    config = await _last_config(pool, name) or {"serverName": name}
+    return await _enqueue(pool, "destroy", server.name, config)
+
+
+async def _enqueue(
+    pool: AsyncConnectionPool[Any], kind: str, name: str, config: dict[str, str]
+) -> Deployment:
+    from service import tasks
+
+    task = tasks.deploy if kind == "up" else tasks.destroy
+    statement = "insert_up_deployment" if kind == "up" else "insert_destroy_deployment"
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                queries.load()[statement], {"server_name": name, "config": Jsonb(config)}
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise DeploymentConflict(
+                    f"a server named {name!r} already exists; DELETE it first or choose "
+                    "another name",
+                    reason="name_in_use",
+                    server_name=name,
+                )
+            job_id = await task.configure(
+                lock=name, queueing_lock=name, connection=conn
+            ).defer_async(deployment_id=row["id"])
+            log.info("queued %s of %s: deployment %s, job %s", kind, name, row["id"], job_id)
+            return Deployment.from_row({**row, "job_id": job_id})
+    except pg_errors.UniqueViolation as exc:
+        raise DeploymentConflict(
+            f"a deployment for {name!r} is already queued or running",
+            reason="deployment_in_progress",
+            server_name=name,
+        ) from exc
+    except Exception as exc:
+        if _is_already_enqueued(exc):
+            raise DeploymentConflict(
+                f"a deployment for {name!r} is already queued or running",
+                reason="deployment_in_progress",
+                server_name=name,
+            ) from exc
+        raise
+
+
+def _is_already_enqueued(exc: BaseException) -> bool:
+    from procrastinate import exceptions as pexc
+
+    return isinstance(exc, pexc.AlreadyEnqueued | pexc.UniqueViolation)
+
+
+async def _last_config(pool: AsyncConnectionPool[Any], name: str) -> dict[str, str] | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT config FROM deployments WHERE server_name = %s AND kind = 'up' "
+            "ORDER BY id DESC LIMIT 1",
+            (name,),
+        )
+        row = await cur.fetchone()
+    return dict(row[0]) if row else None
+
+
+# -- read (web) -------------------------------------------------------------------------------
+
+
+async def _one(
+    conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]
+) -> dict[str, Any] | None:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(queries.load()[name], params)
+    row: dict[str, Any] | None = await cur.fetchone()
+    return row
+
+
+async def get_deployment(
+    pool: AsyncConnectionPool[Any], deployment_id: int, *, tail: int = 4000
+) -> Deployment:
+    async with pool.connection() as conn:
+        row = await _one(conn, "select_deployment", {"id": deployment_id, "tail": tail})
+    if row is None:
+        raise NotFound(f"no deployment {deployment_id}")
+    return Deployment.from_row(row)
+
+
+async def get_server(pool: AsyncConnectionPool[Any], name: str, *, tail: int = 4000) -> Server:
+    """The server's row, agent, IP and its current and last finished deployments."""
+    params = {"server_name": name, "tail": tail}
+    async with pool.connection() as conn:
+        row = await _one(conn, "select_server_with_agent", params)
+        current_row = await _one(conn, "select_active_deployment", params)
+        last_row = await _one(conn, "select_last_finished_deployment", params)
+        outputs_row = await _one(conn, "select_last_up_outputs", params)
+    current = Deployment.from_row(current_row) if current_row else None
+    last = Deployment.from_row(last_row) if last_row else None
+    gone = last is not None and last.kind == "destroy" and last.state == "succeeded"
+    if row is None and (current is None and (last is None or gone)):
+        raise NotFound(f"no server named {name!r}")
+    outputs = (outputs_row or {}).get("outputs") or {}
+    row = row or {}
+    return Server(
+        name=name,
+        status=server_status(row.get("status"), current),
+        droplet_id=row.get("digital_ocean_id"),
+        ipv4_address=outputs.get("ipv4Address") if row else None,
+        region=row.get("region"),
+        size=row.get("size"),
+        agent_id=row.get("agent_id"),
+        agent_name=row.get("agent_name"),
+        agent_status=row.get("agent_status"),
+        created_at=row.get("created_at"),
+        current=current,
+        last=last,
+    )
+
+
+@dataclass(frozen=True)
+class ServerSummary:
+    name: str
+    status: str
+    droplet_id: str | None
+    ipv4_address: str | None
+    agent_id: str | None
+    agent_status: str | None
+    deployment_id: int | None
+    deployment_kind: str | None
+    deployment_state: str | None
+    deployment_error: str | None
+
+
+async def list_servers(
+    pool: AsyncConnectionPool[Any], *, limit: int = 100, offset: int = 0
+) -> list[ServerSummary]:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(queries.load()["list_servers"], {"limit": limit, "offset": offset})
+        rows = await cur.fetchall()
+    found = []
+    for r in rows:
+        active = r["deployment_state"] in ACTIVE
+        if active and r["deployment_kind"] == "destroy":
+            status = "destroying"
+        elif r["server_status"] is not None:
+            status = r["server_status"]
+        else:
+            status = "provisioning" if active else "failed"
+        found.append(
+            ServerSummary(
+                name=r["name"],
+                status=status,
+                droplet_id=r["digital_ocean_id"],
+                ipv4_address=r["ipv4_address"] if r["server_status"] else None,
+                agent_id=r["agent_id"],
+                agent_status=r["agent_status"],
+                deployment_id=r["deployment_id"],
+                deployment_kind=r["deployment_kind"],
+                deployment_state=r["deployment_state"],
+                deployment_error=r["deployment_error"],
+            )
+        )
+    return found
+
+
+async def wait_until_finished(
+    pool: AsyncConnectionPool[Any],
+    deployment_id: int,
+    timeout: float,
+    *,
+    interval: float = 0.25,
+) -> Deployment:
+    """Polls until the deployment finishes or `timeout` passes; returns the last state seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await get_deployment(pool, deployment_id, tail=0)
+        if found.finished or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+# -- record (worker) --------------------------------------------------------------------------
+
+
+async def _execute(pool: AsyncConnectionPool[Any], name: str, params: dict[str, Any]) -> int:
+    async with pool.connection() as conn:
+        cur = await conn.execute(queries.load()[name], params)
+        count: int = cur.rowcount
+        return count
+
+
+async def start_attempt(
+    pool: AsyncConnectionPool[Any], deployment_id: int, job_id: int | None
+) -> Deployment | None:
+    async with pool.connection() as conn:
+        row = await _one(conn, "start_attempt", {"id": deployment_id, "job_id": job_id})
+    return Deployment.from_row(row) if row else None
+
+
+async def append_output(pool: AsyncConnectionPool[Any], deployment_id: int, text: str) -> None:
+    await _execute(pool, "append_output", {"id": deployment_id, "text": text})
+
+
+async def succeed(
+    pool: AsyncConnectionPool[Any], deployment_id: int, outputs: dict[str, Any]
+) -> None:
+    await _execute(pool, "succeed_deployment", {"id": deployment_id, "outputs": Jsonb(outputs)})
+
+
+async def fail(pool: AsyncConnectionPool[Any], deployment_id: int, error: str) -> None:
+    """The deployment failed for good: it and its server (if it has a row) say so."""
+    async with pool.connection() as conn, conn.transaction():
+        row = await _one(conn, "fail_deployment", {"id": deployment_id, "error": error})
+        if row is not None:
+            await conn.execute(queries.load()["fail_server"], {"server_name": row["server_name"]})
+
+
+async def requeue(
+    pool: AsyncConnectionPool[Any], deployment_id: int, error: str, note: str
+) -> None:
+    await _execute(
+        pool, "requeue_deployment", {"id": deployment_id, "error": error, "text": note + "\n"}
+    )
+
+
+async def interrupt(
+    pool: AsyncConnectionPool[Any], deployment_id: int, attempts: int, error: str
+) -> bool:
+    """Marks a running attempt whose worker vanished; False when another checker did it."""
+    async with pool.connection() as conn:
+        row = await _one(
+            conn,
+            "interrupt_deployment",
+            {"id": deployment_id, "attempts": attempts, "error": error, "text": f"!! {error}\n"},
+        )
+    return row is not None
+
+
+async def failed_servers_without_deployment(
+    pool: AsyncConnectionPool[Any], limit: int = 100
+) -> Sequence[str]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            queries.load()["select_failed_servers_without_deployment"], {"limit": limit}
+        )
+        return [r[0] for r in await cur.fetchall()]

@@ -1,0 +1,215 @@
+"""The one settings object of the HTTP service and its workers, read from the environment.
+
+Required secrets (DATABASE_URL, ADMIN_TOKEN) have no default; placeholder tokens are refused
+unless CITRUS_ENV=development. The stack config each deployment gets is built here, from these
+settings plus the server and agent names, and checked with the program's own rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from citrus import config as stack_config
+from citrus.errors import CitrusError
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "citrus-deploy"
+PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "password", "token", "admin"}
+ADMIN_TOKEN_MIN = 16
+
+# Stand-ins the test engine uses when a real value is not set: it fakes DigitalOcean and never
+# contacts the hub or the agent repository, but the program's rules still want these fields.
+TEST_ENGINE_STAND_INS = {
+    "githubToken": "test-engine-github-token",
+    "engineWsUrl": "ws://127.0.0.1:8080",
+    "digitalocean:token": "test-engine-do-token",
+}
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class SettingsError(CitrusError):
+    """The service's own settings are unusable; the message says which and why."""
+
+
+class Settings(BaseSettings):
+    """Environment variables (or a .env file named by CITRUS_ENV_FILE) of web and worker."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    citrus_env: Literal["production", "development"] = Field(
+        "production", validation_alias="CITRUS_ENV"
+    )
+    database_url: SecretStr = Field(validation_alias="DATABASE_URL")
+    admin_token: SecretStr = Field(validation_alias="ADMIN_TOKEN")
+
+    # Where deployments run and keep Pulumi state.
+    deployer: Literal["automation", "test-engine"] = Field(
+        "automation", validation_alias="CITRUS_DEPLOYER"
+    )
+    pulumi_backend_url: str = Field(
+        f"file://{ROOT / '.pulumi'}", validation_alias="PULUMI_BACKEND_URL"
+    )
+    pulumi_config_passphrase: SecretStr | None = Field(
+        None, validation_alias="PULUMI_CONFIG_PASSPHRASE"
+    )
+    pulumi_config_passphrase_file: Path | None = Field(
+        None, validation_alias="PULUMI_CONFIG_PASSPHRASE_FILE"
+    )
+    test_engine_step_delay: float = Field(
+        0.0, ge=0, le=60, validation_alias="CITRUS_TEST_ENGINE_STEP_DELAY"
+    )
+
+    # The stack config secrets and values of the old platform's environment.
+    digitalocean_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DIGITALOCEAN_TOKEN", "DO_API_TOKEN")
+    )
+    github_token: SecretStr | None = Field(None, validation_alias="GITHUB_TOKEN")
+    engine_ws_url: str | None = Field(None, validation_alias="ENGINE_WS_URL")
+
+    # The stale-agent check.
+    agent_connect_timeout: Seconds = Field(600, validation_alias="AGENT_CONNECT_TIMEOUT")
+    remediate_failed_servers: bool = Field(False, validation_alias="CITRUS_REMEDIATE_FAILED")
+
+    # Workers.
+    worker_concurrency: int = Field(4, ge=1, le=100, validation_alias="WORKER_CONCURRENCY")
+    droplet_creation_slots: int = Field(10, ge=1, le=100, validation_alias="DROPLET_CREATION_SLOTS")
+    deploy_max_attempts: int = Field(4, ge=1, le=20, validation_alias="DEPLOY_MAX_ATTEMPTS")
+    retry_backoff_seconds: Seconds = Field(5, validation_alias="RETRY_BACKOFF_SECONDS")
+    worker_heartbeat_interval: Seconds = Field(10, validation_alias="WORKER_HEARTBEAT_INTERVAL")
+    worker_stalled_timeout: Seconds = Field(30, validation_alias="WORKER_STALLED_TIMEOUT")
+
+    # Web.
+    host: str = Field("127.0.0.1", validation_alias="CITRUS_HOST")
+    port: int = Field(8000, ge=1, le=65535, validation_alias="CITRUS_PORT")
+    wait_max_seconds: Seconds = Field(120, validation_alias="CITRUS_WAIT_MAX_SECONDS")
+    max_body_bytes: int = Field(4096, ge=64, validation_alias="CITRUS_MAX_BODY_BYTES")
+    db_timeout_seconds: Seconds = Field(5, validation_alias="CITRUS_DB_TIMEOUT")
+    db_pool_size: int = Field(10, ge=1, le=200, validation_alias="CITRUS_DB_POOL_SIZE")
+    output_tail_chars: int = Field(4000, ge=0, le=1048576, validation_alias="CITRUS_OUTPUT_TAIL")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        from db.queries import check_conninfo
+
+        check_conninfo(value.get_secret_value(), "DATABASE_URL")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_are_real(self) -> Settings:
+        token = self.admin_token.get_secret_value()
+        if self.citrus_env != "development":
+            if token.lower() in PLACEHOLDERS or len(token) < ADMIN_TOKEN_MIN:
+                raise ValueError(
+                    f"ADMIN_TOKEN must be a real secret of at least {ADMIN_TOKEN_MIN} characters "
+                    "(e.g. `openssl rand -hex 32`); placeholders are accepted only with "
+                    "CITRUS_ENV=development"
+                )
+        elif token == "":
+            raise ValueError("ADMIN_TOKEN must not be empty")
+        return self
+
+    def check_deployer(self) -> None:
+        """What only workers need: the Automation API's passphrase. Raises SettingsError."""
+        if self.deployer == "automation" and not (
+            self.pulumi_config_passphrase or self.pulumi_config_passphrase_file
+        ):
+            raise SettingsError(
+                "CITRUS_DEPLOYER=automation needs PULUMI_CONFIG_PASSPHRASE or "
+                "PULUMI_CONFIG_PASSPHRASE_FILE (it encrypts the stacks' secrets)"
+            )
+
+    # -- the stack config of one deployment --------------------------------------------------
+
+    def stack_config(self, names: dict[str, str]) -> dict[str, tuple[str, bool]]:
+        """`project:key` (or `digitalocean:token`) -> (value, secret) for one stack.
+
+        `names` is the non-secret part kept in the deployment record (serverName, agentName).
+        """
+        values: dict[str, tuple[str, bool]] = {
+            f"{PROJECT}:{key}": (value, False) for key, value in names.items()
+        }
+        values[f"{PROJECT}:databaseUrl"] = (self.database_url.get_secret_value(), True)
+        plain = {"engineWsUrl": self.engine_ws_url}
+        secret = {
+            "githubToken": self.github_token,
+            "digitalocean:token": self.digitalocean_token,
+        }
+        stand_ins = TEST_ENGINE_STAND_INS if self.deployer == "test-engine" else {}
+        for key, text in plain.items():
+            value = text or stand_ins.get(key)
+            if value:
+                values[f"{PROJECT}:{key}"] = (value, False)
+        for key, secret_value in secret.items():
+            value = secret_value.get_secret_value() if secret_value else stand_ins.get(key)
+            if value:
+                full = key if ":" in key else f"{PROJECT}:{key}"
+                values[full] = (value, True)
+        return values
+
+    def check_stack_config(self) -> None:
+        """Runs the program's config rules on a sample stack; raises SettingsError if they fail.
+
+        Web and worker call it at start, so a missing GITHUB_TOKEN is reported once, at start,
+        rather than as a failed deployment per request.
+        """
+        flat = {k: v for k, (v, _secret) in self.stack_config({"serverName": "probe-1"}).items()}
+        prefix = f"{PROJECT}:"
+        try:
+            stack_config.load(
+                lambda key: flat.get(prefix + key),
+                stack="probe-1",
+                get_provider=lambda key: flat.get(f"digitalocean:{key}"),
+                environ={},
+            )
+        except stack_config.InvalidConfig as exc:
+            raise SettingsError(f"the service cannot build valid stacks: {exc}") from None
+
+    def secret_values(self) -> list[str]:
+        """Every secret the engine output must never show (redacted before it is stored)."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        found: list[str] = []
+        for item in (
+            self.admin_token,
+            self.digitalocean_token,
+            self.github_token,
+            self.pulumi_config_passphrase,
+        ):
+            if item is not None and item.get_secret_value():
+                found.append(item.get_secret_value())
+        password = conninfo_to_dict(self.database_url.get_secret_value()).get("password")
+        if password:
+            found.append(str(password))
+        found.append(self.database_url.get_secret_value())
+        return sorted(set(found), key=len, reverse=True)
+
+    def deployer_options(self) -> dict[str, Any]:
+        """What the deployer child process needs besides the stack config."""
+        passphrase = self.pulumi_config_passphrase
+        return {
+            "deployer": self.deployer,
+            "backend_url": self.pulumi_backend_url,
+            "passphrase": passphrase.get_secret_value() if passphrase else None,
+            "passphrase_file": str(self.pulumi_config_passphrase_file or "") or None,
+            "step_delay": self.test_engine_step_delay,
+        }
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; raises SettingsError naming every bad variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"  - {where}: {err['msg']}")
+        raise SettingsError("invalid service settings:\n" + "\n".join(problems)) from None

@@ -1,0 +1,316 @@
+"""The worker: runs deployments from the queue and the minutely maintenance.
+
+Each deployment runs in a child process (service.deployer.run_in_child) while this process
+streams its output into the deployment record, holds one of the account's droplet-creation
+slots for an `up`, and turns the outcome into the record's final state. Start any number of
+workers on any number of machines against the same DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import psycopg
+from procrastinate import PsycopgConnector
+from procrastinate.jobs import Job, Status
+from psycopg_pool import AsyncConnectionPool
+
+from service import deployments, stale, tasks
+from service.deployer import DeployError, StackValue, run_in_child
+from service.settings import Settings
+
+log = logging.getLogger("citrus.worker")
+
+# Advisory-lock namespace of the droplet-creation slots (two-int4 form, apart from migrate's).
+_SLOT_NAMESPACE = 0x64726F70  # "drop"
+_SLOT_POLL_SECONDS = 1.0
+
+
+def redactor(secrets: list[str]) -> Callable[[str], str]:
+    def redact(text: str) -> str:
+        for secret in secrets:
+            if secret and secret in text:
+                text = text.replace(secret, "[secret]")
+        return text
+
+    return redact
+
+
+class OutputRecorder:
+    """Appends output lines to the deployment record in batches (every `interval` seconds)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        deployment_id: int,
+        redact: Callable[[str], str],
+        interval: float = 0.5,
+    ) -> None:
+        self.pool = pool
+        self.deployment_id = deployment_id
+        self.redact = redact
+        self.interval = interval
+        self._buffer: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def line(self, text: str) -> None:
+        self._buffer.append(self.redact(text))
+        if len(self._buffer) >= 500:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        text, self._buffer = "\n".join(self._buffer) + "\n", []
+        await deployments.append_output(self.pool, self.deployment_id, text)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except psycopg.Error:
+                log.warning("could not append output of deployment %s", self.deployment_id)
+
+    async def __aenter__(self) -> OutputRecorder:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        with contextlib.suppress(psycopg.Error):
+            await self.flush()
+
+
+@contextlib.asynccontextmanager
+async def droplet_slot(
+    conninfo: str, slots: int, on_wait: Callable[[str], Awaitable[None]]
+) -> AsyncIterator[int]:
+    """Holds one of `slots` account-wide droplet-creation slots (DigitalOcean allows 10).
+
+    A session advisory lock on a connection of its own: it is released when the `up` ends, or
+    by PostgreSQL when the worker dies.
+    """
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        waited = False
+        while True:
+            for slot in range(slots):
+                cur = await conn.execute(
+                    "SELECT pg_try_advisory_lock(%s, %s)", (_SLOT_NAMESPACE, slot)
+                )
+                row = await cur.fetchone()
+                if row and row[0]:
+                    try:
+                        yield slot
+                    finally:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.execute(
+                                "SELECT pg_advisory_unlock(%s, %s)", (_SLOT_NAMESPACE, slot)
+                            )
+                    return
+            if not waited:
+                await on_wait(f"waiting for a droplet-creation slot (all {slots} in use)")
+                waited = True
+            await asyncio.sleep(_SLOT_POLL_SECONDS)
+
+
+class DeploymentRunner:
+    """Runs one deployment attempt and records its outcome."""
+
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any], name: str) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.name = name
+        self.redact = redactor(settings.secret_values())
+
+    async def run(self, deployment_id: int, job: Job, *, kind: str) -> None:
+        dep = await deployments.start_attempt(self.pool, deployment_id, job.id)
+        if dep is None:
+            log.info("deployment %s is already finished: nothing to do", deployment_id)
+            return
+        log.info(
+            "attempt %d: %s of %s (deployment %s)", dep.attempts, kind, dep.server_name, dep.id
+        )
+        config = {
+            key: StackValue(value, secret)
+            for key, (value, secret) in self.settings.stack_config(dict(dep.config)).items()
+        }
+        options = self.settings.deployer_options()
+        recorder = OutputRecorder(self.pool, dep.id, self.redact)
+        try:
+            async with recorder:
+                await recorder.line(
+                    f"== attempt {dep.attempts}: {kind} {dep.server_name} on {self.name} "
+                    f"(job {job.id}, deployer {self.settings.deployer})"
+                )
+                if kind == "up":
+                    conninfo = self.settings.database_url.get_secret_value()
+                    slots = self.settings.droplet_creation_slots
+                    async with droplet_slot(conninfo, slots, recorder.line):
+                        outputs = await run_in_child(
+                            kind, dep.server_name, config, options, recorder.line
+                        )
+                else:
+                    outputs = await run_in_child(
+                        kind, dep.server_name, config, options, recorder.line
+                    )
+        except DeployError as exc:
+            await self._failed(dep, job, exc)
+            raise AssertionError("unreachable") from None  # _failed always raises
+        except tasks.TRANSIENT as exc:  # the database went away under us: retry the job
+            log.warning("deployment %s: database error %s; retrying", dep.id, type(exc).__name__)
+            raise
+        except Exception as exc:
+            # A bug here must not leave the record 'running' with nobody on it.
+            log.exception("deployment %s: unexpected error in the worker", dep.id)
+            error = f"internal error in the worker ({type(exc).__name__}); see the worker log"
+            await deployments.fail(self.pool, dep.id, error)
+            raise tasks.DeploymentFailed(error) from exc
+        await deployments.succeed(self.pool, dep.id, outputs)
+        log.info("deployment %s (%s of %s) succeeded", dep.id, kind, dep.server_name)
+
+    async def _failed(self, dep: deployments.Deployment, job: Job, exc: DeployError) -> None:
+        error = self.redact(str(exc))
+        policy = tasks.RETRY
+        if exc.transient and job.attempts + 1 < policy.max_attempts:
+            delay = policy.base_seconds * 2**job.attempts
+            note = f"!! attempt {dep.attempts} failed (transient): {error}; retrying in {delay:g}s"
+            await deployments.requeue(self.pool, dep.id, error, note)
+            log.warning("deployment %s: %s", dep.id, note)
+            raise tasks.TransientFailure(error)
+        await deployments.fail(self.pool, dep.id, error)
+        log.error("deployment %s (%s of %s) failed: %s", dep.id, dep.kind, dep.server_name, error)
+        raise tasks.DeploymentFailed(error)
+
+
+class Maintenance:
+    """The minutely job: stale-agent check, retry of jobs whose worker died, remediation."""
+
+    def __init__(
+        self, settings: Settings, pool: AsyncConnectionPool[Any], job_manager: Any
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.job_manager = job_manager
+
+    async def run(self) -> None:
+        async with self.pool.connection() as conn:
+            await stale.check(conn, self.settings.agent_connect_timeout)
+        await self.recover_stalled_jobs()
+        if self.settings.remediate_failed_servers:
+            await remediate(self.pool)
+
+    async def recover_stalled_jobs(self) -> int:
+        """Jobs still 'doing' on a worker that stopped its heartbeat: record it, then retry."""
+        found = await self.job_manager.get_stalled_jobs(
+            seconds_since_heartbeat=self.settings.worker_stalled_timeout
+        )
+        recovered = 0
+        for job in found:
+            if job.task_name not in (tasks.deploy.name, tasks.destroy.name):
+                await self._retry(job)
+                continue
+            dep_id = int(job.task_kwargs["deployment_id"])
+            dep = await deployments.get_deployment(self.pool, dep_id, tail=0)
+            what = (
+                f"attempt {dep.attempts} interrupted: worker {job.worker_id} stopped sending "
+                "heartbeats (killed, or cut off from the database)"
+            )
+            if job.attempts + 1 >= self.settings.deploy_max_attempts:
+                await deployments.fail(self.pool, dep_id, what + "; no attempts left")
+                await self.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
+                log.error("deployment %s: %s; no attempts left", dep_id, what)
+                continue
+            if await deployments.interrupt(self.pool, dep_id, dep.attempts, what + "; retrying"):
+                log.warning("deployment %s: %s; retrying", dep_id, what)
+            recovered += await self._retry(job)
+        return recovered
+
+    async def _retry(self, job: Job) -> int:
+        try:
+            await self.job_manager.retry_job(job)
+        except Exception:  # another checker retried it first
+            log.info("job %s was already retried", job.id)
+            return 0
+        return 1
+
+
+async def remediate(pool: AsyncConnectionPool[Any]) -> list[str]:
+    """Enqueues the destroy of every failed server with nothing queued or running."""
+    queued = []
+    for name in await deployments.failed_servers_without_deployment(pool):
+        try:
+            dep = await deployments.enqueue_destroy(pool, name)
+        except deployments.DeploymentConflict:
+            continue
+        log.warning("remediation: queued destroy of failed server %s (deployment %s)", name, dep.id)
+        queued.append(name)
+    return queued
+
+
+async def _recover_every(maintenance: Maintenance, seconds: float) -> None:
+    while True:
+        try:
+            await maintenance.recover_stalled_jobs()
+        except Exception:  # the database may be away for a while; try again next time
+            log.warning("stalled-job recovery failed; retrying in %gs", seconds, exc_info=True)
+        await asyncio.sleep(seconds)
+
+
+def open_pool(settings: Settings, *, max_size: int) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(
+        settings.database_url.get_secret_value(),
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=settings.db_timeout_seconds,
+        check=AsyncConnectionPool.check_connection,
+        kwargs={"connect_timeout": max(1, int(settings.db_timeout_seconds))},
+    )
+
+
+async def run_worker(settings: Settings, *, install_signal_handlers: bool = True) -> None:
+    tasks.RETRY.max_attempts = settings.deploy_max_attempts
+    tasks.RETRY.base_seconds = settings.retry_backoff_seconds
+    name = f"{socket.gethostname()}-{id(settings) % 10000}-{int(time.time()) % 100000}"
+    pool = open_pool(settings, max_size=settings.worker_concurrency + 4)
+    await pool.open(wait=True, timeout=60)
+    try:
+        with tasks.app.replace_connector(PsycopgConnector()) as app:
+            async with app.open_async(pool):
+                maintenance = Maintenance(settings, pool, app.job_manager)
+                runtime = tasks.Runtime(
+                    runner=DeploymentRunner(settings, pool, name), checker=maintenance
+                )
+                # A worker (re)starting after a crash picks up what its predecessor left, and
+                # keeps looking every stalled-timeout, not only at the minutely maintenance.
+                recovery = asyncio.create_task(
+                    _recover_every(maintenance, settings.worker_stalled_timeout)
+                )
+                log.info(
+                    "worker %s: concurrency %d, deployer %s",
+                    name,
+                    settings.worker_concurrency,
+                    settings.deployer,
+                )
+                await app.run_worker_async(
+                    queues=list(tasks.QUEUES),
+                    name=name,
+                    concurrency=settings.worker_concurrency,
+                    additional_context={"runtime": runtime},
+                    update_heartbeat_interval=settings.worker_heartbeat_interval,
+                    stalled_worker_timeout=settings.worker_stalled_timeout,
+                    install_signal_handlers=install_signal_handlers,
+                )
+                recovery.cancel()
+    finally:
+        await pool.close()

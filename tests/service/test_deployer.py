@@ -1,0 +1,60 @@
+"""The deployer seam without the engine: the child-process protocol and event lines."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from service.deployer import DeployError, describe_event, looks_transient, run_in_child
+
+
+def test_a_child_that_fails_reports_the_program_error(tmp_path: Path) -> None:
+    options = {
+        "deployer": "test-engine",
+        "backend_url": f"file://{tmp_path}",
+        "step_delay": 0,
+    }
+    lines: list[str] = []
+
+    async def record(line: str) -> None:
+        lines.append(line)
+
+    # No databaseUrl and a bad region: the program's own rules stop it.
+    config: dict = {}
+    with pytest.raises(DeployError, match="invalid configuration") as raised:
+        asyncio.run(run_in_child("up", "bad_name", config, options, record))
+    assert raised.value.transient is False
+
+
+@pytest.mark.parametrize(
+    ("text", "transient"),
+    [
+        ("error: the stack is currently locked by 1 lock(s)", True),
+        ("lost the connection to PostgreSQL at x: server closed", True),
+        ("invalid configuration (1 field(s))", False),
+    ],
+)
+def test_transient_errors_are_told_apart(text: str, transient: bool) -> None:
+    assert looks_transient(text) is transient
+
+
+def test_engine_events_become_lines() -> None:
+    from pulumi.automation import events
+
+    failed = events.EngineEvent(
+        sequence=1,
+        timestamp=0,
+        res_op_failed_event=events.ResOpFailedEvent(
+            metadata=events.StepEventMetadata(
+                op=events.OpType.CREATE,
+                urn="urn:x",
+                type="t",
+                provider="p",
+            ),
+            status=1,
+            steps=1,
+        ),
+    )
+    assert describe_event(failed) == "[event] failed: OpType.CREATE urn:x"

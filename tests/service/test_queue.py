@@ -1,0 +1,291 @@
+"""Queue and workers for real: HTTP -> queue -> worker process -> program -> rows.
+
+Workers are `python -m service worker` processes running the test engine (the stand-in for the
+Pulumi engine and DigitalOcean); everything else, PostgreSQL included, is real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.migrate import migrate
+from tests.pg import PgServer
+from tests.service.conftest import AUTH, Worker, make_settings, rows, wait_for
+
+DEPLOY = "/admin/servers/deploy-with-agent"
+
+
+def server(client: TestClient, name: str) -> dict[str, Any]:
+    response = client.get(f"/admin/servers/{name}", headers=AUTH)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def finished(client: TestClient, name: str) -> dict[str, Any] | None:
+    shown = server(client, name)
+    return shown if shown["currentDeployment"] is None and shown["lastDeployment"] else None
+
+
+def test_a_post_becomes_rows_through_a_worker(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+
+    client.post(DEPLOY, json={"name": "web-1"}, headers=AUTH)
+    shown = wait_for(lambda: finished(client, "web-1"), what="the deployment")
+
+    ((agent_id, agent_name, agent_status),) = rows(
+        service_db, "SELECT id::text, name, status FROM agents"
+    )
+    ((droplet, status, row_agent),) = rows(
+        service_db, "SELECT digital_ocean_id, status, agent_id::text FROM servers"
+    )
+    last = shown["lastDeployment"]
+    assert (last["state"], last["attempts"], last["error"]) == ("succeeded", 1, None)
+    assert (agent_name, agent_status, status, row_agent) == (
+        "agent-web-1",
+        "offline",
+        "provisioning",
+        agent_id,
+    )
+    assert (shown["id"], shown["agent"]["id"], shown["status"]) == (droplet, agent_id, status)
+    assert shown["ipv4Address"].startswith("203.0.113.")
+    assert "AgentRow agent-server-agent-row created" in last["outputTail"]
+    assert last["outputs"]["dropletId"] == droplet
+
+
+def test_wait_true_answers_with_the_full_record(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+
+    response = client.post(DEPLOY + "?wait=true", headers=AUTH)
+
+    assert response.status_code == 200
+    body = response.json()
+    ((droplet, agent_id),) = rows(
+        service_db, "SELECT digital_ocean_id, agent_id::text FROM servers"
+    )
+    assert list(body) == ["success", "message", "server"]
+    assert list(body["server"])[:4] == ["id", "name", "status", "agent"]
+    assert (body["success"], body["server"]["id"], body["server"]["agent"]["id"]) == (
+        True,
+        droplet,
+        agent_id,
+    )
+    assert body["server"]["status"] == "provisioning"
+    assert body["server"]["agent"]["name"] == "agent-" + body["server"]["name"].split("-")[1]
+
+
+def test_two_posts_for_one_name_run_one_deployment(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    barrier = threading.Barrier(2)
+    answers: list[int] = []
+
+    def post() -> None:
+        barrier.wait()
+        answers.append(client.post(DEPLOY, json={"name": "twin-1"}, headers=AUTH).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    start_worker()
+    wait_for(lambda: finished(client, "twin-1"), what="the deployment")
+
+    assert sorted(answers) == [202, 409]
+    assert rows(service_db, "SELECT count(*) FROM deployments") == [(1,)]
+    assert rows(
+        service_db, "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'citrus.deploy'"
+    ) == [(1,)]
+    assert rows(service_db, "SELECT count(*) FROM agents") == [(1,)]
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(1,)]
+
+
+def test_delete_destroys_the_stack_and_its_rows(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    client.post(DEPLOY + "?wait=true", json={"name": "gone-1"}, headers=AUTH)
+
+    response = client.delete("/admin/servers/gone-1", headers=AUTH)
+    location = response.headers["location"]
+    done = wait_for(
+        lambda: (d := client.get(location, headers=AUTH).json())["state"] == "succeeded" and d,
+        what="the destroy",
+    )
+
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(0,)]
+    assert rows(service_db, "SELECT count(*) FROM agents") == [(0,)]
+    assert "AgentRow agent-server-agent-row deleted" in done["outputTail"]
+    assert client.get("/admin/servers/gone-1", headers=AUTH).status_code == 404
+    assert client.get("/admin/servers", headers=AUTH).json() == {"servers": []}
+
+
+def _refuse_servers_rows(conninfo: str, sqlstate: str, times: str) -> None:
+    """A trigger that makes the servers insert fail: always, or only the first time."""
+    condition = "true" if times == "always" else "nextval('flaky_once') = 1"
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("CREATE SEQUENCE flaky_once")
+        conn.execute(
+            f"""
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF {condition} THEN
+                    RAISE EXCEPTION 'refused by the test' USING ERRCODE = '{sqlstate}';
+                END IF;
+                RETURN NEW;
+            END $$"""
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON servers FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+
+
+def test_a_failed_deployment_leaves_the_server_failed_with_its_error(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    _refuse_servers_rows(service_db, "23514", "always")  # check_violation: not transient
+    start_worker()
+
+    client.post(DEPLOY, json={"name": "doomed-1"}, headers=AUTH)
+    shown = wait_for(lambda: finished(client, "doomed-1"), what="the deployment")
+    listed = client.get("/admin/servers", headers=AUTH).json()["servers"]
+
+    last = shown["lastDeployment"]
+    assert (shown["status"], last["state"], last["attempts"]) == ("failed", "failed", 1)
+    assert "refused the row" in last["error"]
+    assert [(s["name"], s["status"]) for s in listed] == [("doomed-1", "failed")]
+    # The agent row exists (offline): the stale check will fail it; nothing is silent.
+    assert rows(service_db, "SELECT status FROM agents") == [("offline",)]
+    assert rows(
+        service_db, "SELECT status FROM procrastinate_jobs WHERE task_name = 'citrus.deploy'"
+    ) == [("failed",)]
+
+
+def test_a_transient_failure_is_retried_with_backoff_and_completes(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    _refuse_servers_rows(service_db, "08006", "once")  # connection_failure: transient
+    start_worker()
+
+    client.post(DEPLOY, json={"name": "flaky-1"}, headers=AUTH)
+    shown = wait_for(lambda: finished(client, "flaky-1"), what="the deployment")
+
+    last = shown["lastDeployment"]
+    assert (last["state"], last["attempts"], last["error"]) == ("succeeded", 2, None)
+    assert "!! attempt 1 failed (transient)" in last["outputTail"]
+    assert "unchanged" in last["outputTail"]  # attempt 2 reused what attempt 1 created
+    assert rows(service_db, "SELECT count(*) FROM agents") == [(1,)]
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(1,)]
+
+
+def test_a_worker_killed_mid_deployment_is_recorded_and_retried(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    first = start_worker(CITRUS_TEST_ENGINE_STEP_DELAY="0.7")
+    client.post(DEPLOY, json={"name": "killed-1"}, headers=AUTH)
+
+    def agent_row_created() -> bool:
+        current = server(client, "killed-1")["currentDeployment"]
+        return bool(current) and "AgentRow agent-server-agent-row created" in current["outputTail"]
+
+    wait_for(agent_row_created, what="the agent row")
+    first.kill()
+    # The deployer child notices its worker is gone and stops too: nothing more is created.
+    wait_for(lambda: not _deployer_children(), timeout=5, what="the deployer child to die")
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(0,)]
+    assert server(client, "killed-1")["currentDeployment"]["state"] == "running"
+
+    start_worker()  # after the stalled timeout (3 s) it retries the job
+    shown = wait_for(lambda: finished(client, "killed-1"), timeout=40, what="the retry")
+
+    last = shown["lastDeployment"]
+    assert (last["state"], last["attempts"]) == ("succeeded", 2)
+    assert "!! attempt 1 interrupted: worker" in last["outputTail"]
+    assert "stopped sending heartbeats" in last["outputTail"]
+    assert rows(service_db, "SELECT count(*) FROM agents") == [(1,)]
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(1,)]
+
+
+def _deployer_children() -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"service.deployer" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+# -- the database goes away and comes back ------------------------------------------------------
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A PostgreSQL of its own: this test stops it."""
+    server = PgServer().start()
+    migrate(server.conninfo())
+    yield server
+    server.destroy()
+
+
+def test_database_stopped_and_restarted_503_then_recovers(own_pg: PgServer, tmp_path: Path) -> None:
+    settings = make_settings(own_pg.conninfo(), tmp_path, CITRUS_DB_TIMEOUT="1")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        before = client.post(DEPLOY, json={"name": "before-1"}, headers=AUTH)
+        own_pg.stop()
+        during = [
+            client.post(DEPLOY, json={"name": "during-1"}, headers=AUTH),
+            client.get("/admin/servers", headers=AUTH),
+            client.get("/admin/servers/before-1", headers=AUTH),
+            client.get("/healthz"),
+        ]
+        own_pg.restart()
+        after = wait_for(
+            lambda: (
+                (r := client.post(DEPLOY, json={"name": "after-1"}, headers=AUTH)).status_code
+                != 503
+                and r
+            ),
+            timeout=20,
+            what="recovery",
+        )
+        health = client.get("/healthz")
+
+    assert before.status_code == 202
+    assert [r.status_code for r in during] == [503, 503, 503, 503]
+    assert all("Traceback" not in r.text and "psycopg" not in r.text for r in during)
+    assert during[0].json()["error"] == "database_unavailable"
+    assert during[0].headers["retry-after"] == "5"
+    assert after.status_code == 202
+    assert health.json()["database"] == "ok"
+    names = rows(own_pg.conninfo(), "SELECT server_name FROM deployments ORDER BY id")
+    assert names == [("before-1",), ("after-1",)]
+
+
+def test_sigterm_stops_a_worker_cleanly(start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker()
+    assert worker.proc is not None
+    wait_for(lambda: "concurrency" in worker.log.read_text(), what="the worker to start")
+
+    worker.proc.send_signal(signal.SIGTERM)
+
+    assert worker.proc.wait(15) == 0

@@ -1,0 +1,201 @@
+"""The stale-agent check on rows whose created_at is moved back."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from db import queries
+from service import stale, tasks
+from service.worker import open_pool, remediate
+from tests.engine import ROOT
+from tests.service.conftest import AUTH, make_settings, rows, service_env
+
+TIMEOUT = 600.0
+
+
+def add(
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    agent: str,
+    age_minutes: float,
+    server: str | None = "provisioning",
+) -> None:
+    agent_id = str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO agents (id, key, status, name, created_at) "
+        "VALUES (%s, %s, %s, %s, now() - make_interval(mins => %s))",
+        (agent_id, "b" * 64, agent, f"agent-{name}", age_minutes),
+    )
+    if server:
+        conn.execute(
+            "INSERT INTO servers (name, digital_ocean_id, region, size, status, agent_id) "
+            "VALUES (%s, %s, 'sfo3', 's-1vcpu-512mb-10gb', %s, %s)",
+            (name, f"d-{name}", server, agent_id),
+        )
+
+
+@pytest.fixture
+def fleet(database: str) -> str:
+    with psycopg.connect(database) as conn:
+        add(conn, "stale-1", agent="offline", age_minutes=11)
+        add(conn, "stale-2", agent="offline", age_minutes=60 * 24)
+        add(conn, "stale-nodroplet", agent="offline", age_minutes=11, server=None)
+        add(conn, "young-1", agent="offline", age_minutes=9)
+        add(conn, "online-1", agent="online", age_minutes=30)
+        add(conn, "online-young", agent="online", age_minutes=1)
+        add(conn, "active-1", agent="online", age_minutes=30, server="active")
+        add(conn, "failed-deploy", agent="online", age_minutes=30, server="failed")
+        add(conn, "failed-before", agent="failed", age_minutes=30, server="failed")
+        add(conn, "late-row", agent="failed", age_minutes=30, server="provisioning")
+    return database
+
+
+async def run_check(conninfo: str) -> stale.StaleResult:
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        return await stale.check(conn, TIMEOUT)
+
+
+def states(conninfo: str) -> dict[str, tuple[str, str | None]]:
+    found = rows(
+        conninfo,
+        "SELECT a.name, a.status, s.status FROM agents a LEFT JOIN servers s ON s.agent_id = a.id",
+    )
+    return {name.removeprefix("agent-"): (agent, server) for name, agent, server in found}
+
+
+def test_exactly_the_expected_rows_change(fleet: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="citrus.stale")
+    result = asyncio.run(run_check(fleet))
+
+    assert sorted(result.failed_agents) == [
+        "agent-stale-1",
+        "agent-stale-2",
+        "agent-stale-nodroplet",
+    ]
+    assert sorted(result.failed_servers) == ["late-row", "stale-1", "stale-2"]
+    assert sorted(result.active_servers) == ["online-1", "online-young"]
+    assert states(fleet) == {
+        "stale-1": ("failed", "failed"),
+        "stale-2": ("failed", "failed"),
+        "stale-nodroplet": ("failed", None),
+        "young-1": ("offline", "provisioning"),
+        "online-1": ("online", "active"),
+        "online-young": ("online", "active"),
+        "active-1": ("online", "active"),
+        "failed-deploy": ("online", "failed"),  # failed by its deployment: stays failed
+        "failed-before": ("failed", "failed"),
+        "late-row": ("failed", "failed"),  # row written after its agent had failed
+    }
+    logged = caplog.text
+    assert "3 agent(s) still offline after 600s marked failed" in logged
+    assert "agent-stale-1" in logged
+    assert "2 server(s) active" in logged
+
+
+def test_a_second_run_changes_nothing(fleet: str) -> None:
+    asyncio.run(run_check(fleet))
+    again = asyncio.run(run_check(fleet))
+
+    assert again.changed == 0
+
+
+def test_two_checkers_at_once_change_each_row_once(database: str) -> None:
+    with psycopg.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO agents (id, key, status, name, created_at) "
+            "SELECT gen_random_uuid(), repeat('c', 64), 'offline', 'agent-bulk-' || i, "
+            "now() - interval '1 hour' FROM generate_series(1, 3000) AS i"
+        )
+        conn.execute(
+            "INSERT INTO servers (name, digital_ocean_id, region, size, agent_id) "
+            "SELECT 'bulk-' || substr(name, 12), 'd-' || name, 'sfo3', 's', id FROM agents"
+        )
+
+    async def both() -> list[stale.StaleResult]:
+        return list(await asyncio.gather(run_check(database), run_check(database)))
+
+    first, second = asyncio.run(both())
+
+    agents = first.failed_agents + second.failed_agents
+    servers = first.failed_servers + second.failed_servers
+    assert len(agents) == len(set(agents)) == 3000
+    assert len(servers) == len(set(servers)) == 3000
+    assert rows(database, "SELECT status, count(*) FROM agents GROUP BY 1") == [("failed", 3000)]
+
+
+def test_the_statement_uses_the_partial_index(database: str) -> None:
+    statement = queries.load()["fail_stale_agents"]
+    with psycopg.connect(database) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = conn.execute("EXPLAIN " + statement, {"timeout_seconds": TIMEOUT}).fetchall()  # type: ignore[call-overload]
+
+    assert "agents_offline_created_at" in "\n".join(line for (line,) in plan)
+
+
+def test_the_cli_runs_the_check(fleet: str, tmp_path: Path) -> None:
+    env = {**service_env(fleet, tmp_path), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "stale-check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert "3 agent(s) failed, 3 server(s) failed, 2 server(s) active" in done.stdout
+    assert states(fleet)["stale-1"] == ("failed", "failed")
+
+
+def test_the_check_is_a_periodic_job_every_minute() -> None:
+    (periodic,) = [
+        p
+        for p in tasks.app.periodic_registry.periodic_tasks.values()
+        if p.task is tasks.stale_check
+    ]
+
+    assert periodic.cron == "* * * * *"
+
+
+def test_remediation_queues_the_destroy_of_failed_servers(service_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(service_db) as conn:
+        add(conn, "stale-1", agent="offline", age_minutes=11)
+        add(conn, "fine-1", agent="online", age_minutes=11, server="active")
+    settings = make_settings(service_db, tmp_path)
+
+    async def check_and_remediate() -> list[str]:
+        await run_check(service_db)
+        pool = open_pool(settings, max_size=2)
+        await pool.open(wait=True)
+        try:
+            with tasks.app.replace_connector(tasks.procrastinate.PsycopgConnector()) as queue:
+                async with queue.open_async(pool):
+                    return await remediate(pool)
+        finally:
+            await pool.close()
+
+    queued = asyncio.run(check_and_remediate())
+
+    assert queued == ["stale-1"]
+    assert rows(service_db, "SELECT server_name, kind, state FROM deployments") == [
+        ("stale-1", "destroy", "queued")
+    ]
+
+
+def test_get_shows_the_flipped_row(service_db: str, client: TestClient) -> None:
+    with psycopg.connect(service_db) as conn:
+        add(conn, "stale-1", agent="offline", age_minutes=11)
+    asyncio.run(run_check(service_db))
+
+    shown = client.get("/admin/servers/stale-1", headers=AUTH).json()
+
+    assert (shown["status"], shown["agent"]["status"]) == ("failed", "failed")
