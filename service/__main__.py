@@ -1,4 +1,4 @@
-"""`python -m service <command>`: web, worker, all (both, one machine), stale-check, migrate.
+"""`python -m service <command>`: web, worker, all (both, one machine), demo, stale-check, migrate.
 
 Settings come from the environment (see service/settings.py); secrets never from argv.
 """
@@ -82,6 +82,42 @@ def cmd_all(_: argparse.Namespace) -> int:
     return max(abs(c) for c in codes) if any(codes) else 0
 
 
+DEMO_ENV = {
+    # The demo runs the real program under the test engine: DigitalOcean and the hub are not
+    # contacted, so these placeholders never leave the machine.
+    "ADMIN_TOKEN": "dev",
+    "CITRUS_ENV": "development",
+    "CITRUS_DEPLOYER": "test-engine",
+    "ENGINE_WS_URL": "wss://engine.citrushost.io",
+    "GITHUB_TOKEN": "ghp_demo_token_not_used",
+    "DIGITALOCEAN_TOKEN": "dop_v1_demo_token_not_used",
+}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything on this machine with nothing to set up: a throwaway PostgreSQL, web, worker."""
+    from service.migrate import migrate
+    from tests.pg import PgServer
+
+    server = PgServer().start()
+    try:
+        os.environ["DATABASE_URL"] = server.conninfo()
+        # The stacks' state lives and dies with the demo's database.
+        os.environ.setdefault("PULUMI_BACKEND_URL", f"file://{server.root}/pulumi-state")
+        for key, value in DEMO_ENV.items():
+            os.environ.setdefault(key, value)
+        migrate(server.conninfo())
+        print(
+            f"citrus-deploy demo: DATABASE_URL={server.conninfo()} ADMIN_TOKEN="
+            f"{os.environ['ADMIN_TOKEN']} (deployer: {os.environ['CITRUS_DEPLOYER']}); "
+            "the database is removed on exit",
+            flush=True,
+        )
+        return cmd_all(args)
+    finally:
+        server.destroy()
+
+
 def cmd_stale_check(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -96,7 +132,7 @@ def cmd_stale_check(args: argparse.Namespace) -> int:
     async def run() -> int:
         conninfo = settings.database_url.get_secret_value()
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-            result = await stale.check(conn, args.timeout or settings.agent_connect_timeout)
+            result = await stale.check(conn, settings.agent_connect_timeout if args.timeout is None else args.timeout)
         if args.remediate or settings.remediate_failed_servers:
             from service.worker import open_pool, remediate
 
@@ -143,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("web", help="the HTTP service (uvicorn)").set_defaults(func=cmd_web)
     sub.add_parser("worker", help="a queue worker").set_defaults(func=cmd_worker)
     sub.add_parser("all", help="web + worker on this machine").set_defaults(func=cmd_all)
+    sub.add_parser(
+        "demo", help="web + worker + a throwaway PostgreSQL, deploying through the test engine"
+    ).set_defaults(func=cmd_demo)
     stale_cmd = sub.add_parser("stale-check", help="run the stale-agent check once")
     stale_cmd.add_argument("--timeout", type=float, help="seconds (default AGENT_CONNECT_TIMEOUT)")
     stale_cmd.add_argument(
