@@ -45,19 +45,39 @@ DELETE FROM servers WHERE id = %(id)s;
 -- The HTTP service: deployments (service/deployments.py). `tail` = characters of output to show.
 
 -- name: insert_up_deployment
--- Refuses (no row) when a servers row already has this name; the partial unique index
--- deployments_one_active refuses a second queued/running deployment for the name.
-INSERT INTO deployments (server_name, kind, config)
-SELECT %(server_name)s, 'up', %(config)s
-WHERE NOT EXISTS (SELECT 1 FROM servers WHERE name = %(server_name)s)
-RETURNING id, server_name, kind, state, config, outputs, error, '' AS output_tail, job_id, attempts,
-          created_at, started_at, updated_at, finished_at;
+-- The deployment row and its queue job in one statement, so an accepted POST costs one round
+-- trip and one (implicit) transaction: never a row without a job or a job without a row.
+-- No row when a servers row already has this name; the partial unique index
+-- deployments_one_active (or the job's queueing lock) refuses a second queued/running one.
+-- The job goes through procrastinate's own defer function, as `Task.defer` would.
+WITH deployment AS (
+    INSERT INTO deployments (server_name, kind, config)
+    SELECT %(server_name)s, 'up', %(config)s
+    WHERE NOT EXISTS (SELECT 1 FROM servers WHERE name = %(server_name)s)
+    RETURNING id, server_name, kind, state, config, outputs, error, attempts,
+              created_at, started_at, updated_at, finished_at
+)
+SELECT d.*, '' AS output_tail,
+       (procrastinate_defer_jobs_v1(ARRAY[ROW(
+           %(queue)s, %(task_name)s, %(priority)s, %(server_name)s, %(server_name)s,
+           jsonb_build_object('deployment_id', d.id), NULL
+       )::procrastinate_job_to_defer_v1]))[1] AS job_id
+FROM deployment d;
 
 -- name: insert_destroy_deployment
-INSERT INTO deployments (server_name, kind, config)
-VALUES (%(server_name)s, 'destroy', %(config)s)
-RETURNING id, server_name, kind, state, config, outputs, error, '' AS output_tail, job_id, attempts,
-          created_at, started_at, updated_at, finished_at;
+-- As insert_up_deployment, for a name that has a server.
+WITH deployment AS (
+    INSERT INTO deployments (server_name, kind, config)
+    VALUES (%(server_name)s, 'destroy', %(config)s)
+    RETURNING id, server_name, kind, state, config, outputs, error, attempts,
+              created_at, started_at, updated_at, finished_at
+)
+SELECT d.*, '' AS output_tail,
+       (procrastinate_defer_jobs_v1(ARRAY[ROW(
+           %(queue)s, %(task_name)s, %(priority)s, %(server_name)s, %(server_name)s,
+           jsonb_build_object('deployment_id', d.id), NULL
+       )::procrastinate_job_to_defer_v1]))[1] AS job_id
+FROM deployment d;
 
 -- name: select_deployment
 SELECT id, server_name, kind, state, config, outputs, error, right(output, %(tail)s) AS output_tail,
@@ -181,13 +201,17 @@ SELECT 'server', name FROM failed_servers;
 -- name: settle_provisioning_servers
 -- Servers still 'provisioning' whose agent's fate is known: 'online' -> 'active'; 'failed' ->
 -- 'failed' (a server row written after its agent was already failed). Driven by the partial
--- index servers_provisioning_agent_id, one agents lookup per provisioning server. A server
--- already 'failed' (its deployment failed) is not 'provisioning' and stays as it is.
+-- index servers_provisioning_agent_id, one agents_pkey lookup per provisioning server: the
+-- LATERAL ... OFFSET 0 keeps that lookup from becoming a hash join over every agent, and
+-- keeps the plan's estimate under jit_above_cost (JIT compiling cost more than the lookups).
+-- A server already 'failed' (its deployment failed) is not 'provisioning' and stays as it is.
 UPDATE servers s
 SET status = CASE p.agent_status WHEN 'online' THEN 'active' ELSE 'failed' END
 FROM (
-    SELECT sp.id, (SELECT a.status FROM agents a WHERE a.id = sp.agent_id) AS agent_status
-    FROM servers sp WHERE sp.status = 'provisioning'
+    SELECT sp.id, a.status AS agent_status
+    FROM servers sp
+    CROSS JOIN LATERAL (SELECT status FROM agents WHERE agents.id = sp.agent_id OFFSET 0) a
+    WHERE sp.status = 'provisioning'
 ) p
 WHERE s.id = p.id AND s.status = 'provisioning' AND p.agent_status IN ('online', 'failed')
 RETURNING s.name, s.status;

@@ -10,6 +10,12 @@ CREATE TABLE IF NOT EXISTS agents (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Room on each page for a row's next version: status changes (offline -> online/failed,
+-- provisioning -> active/failed) cannot be HOT (status is in partial index predicates), but the
+-- new version on the same page dirties one heap page instead of two. Applies to pages written
+-- from now on.
+ALTER TABLE agents SET (fillfactor = 90);
+
 -- The stale-agent check scans only agents still 'offline', oldest first.
 CREATE INDEX IF NOT EXISTS agents_offline_created_at ON agents (created_at) WHERE status = 'offline';
 
@@ -24,6 +30,8 @@ CREATE TABLE IF NOT EXISTS servers (
     agent_id        uuid        NOT NULL REFERENCES agents (id) ON DELETE RESTRICT,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
+
+ALTER TABLE servers SET (fillfactor = 90);
 
 CREATE INDEX IF NOT EXISTS servers_agent_id ON servers (agent_id);
 

@@ -132,7 +132,9 @@ def cmd_stale_check(args: argparse.Namespace) -> int:
     async def run() -> int:
         conninfo = settings.database_url.get_secret_value()
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-            result = await stale.check(conn, settings.agent_connect_timeout if args.timeout is None else args.timeout)
+            result = await stale.check(
+                conn, settings.agent_connect_timeout if args.timeout is None else args.timeout
+            )
         if args.remediate or settings.remediate_failed_servers:
             from service.worker import open_pool, remediate
 

@@ -32,7 +32,6 @@ from citrus.validation import SERVER_NAME_MAX
 from service import deployments, tasks
 from service.deployments import Deployment, DeploymentConflict, NotFound, Server
 from service.settings import Settings
-from service.worker import open_pool
 
 log = logging.getLogger("citrus.web")
 
@@ -348,11 +347,13 @@ class BodyLimit:
 
 
 # -- dependencies ------------------------------------------------------------------------------
+# `async def` although they never await: FastAPI runs a plain `def` dependency in a worker
+# thread, a thread hand-off per dependency per request.
 
 bearer = HTTPBearer(auto_error=False, description="ADMIN_TOKEN of the service.")
 
 
-def authenticated(
+async def authenticated(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
@@ -367,7 +368,7 @@ def authenticated(
         )
 
 
-def get_pool(request: Request) -> psycopg_pool.AsyncConnectionPool[Any]:
+async def get_pool(request: Request) -> psycopg_pool.AsyncConnectionPool[Any]:
     pool: psycopg_pool.AsyncConnectionPool[Any] = request.app.state.pool
     return pool
 
@@ -379,6 +380,20 @@ ServerName = Annotated[str, Path(description="The server's name.", max_length=25
 # -- the app -----------------------------------------------------------------------------------
 
 
+def web_pool(settings: Settings) -> psycopg_pool.AsyncConnectionPool[Any]:
+    """The worker's pool settings, in autocommit: every write of the web is one statement (an
+    accepted POST is one round trip), and its reads need no transaction around them."""
+    return psycopg_pool.AsyncConnectionPool(
+        settings.database_url.get_secret_value(),
+        min_size=1,
+        max_size=settings.db_pool_size,
+        open=False,
+        timeout=settings.db_timeout_seconds,
+        check=psycopg_pool.AsyncConnectionPool.check_connection,
+        kwargs={"connect_timeout": max(1, int(settings.db_timeout_seconds)), "autocommit": True},
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI app. Checks at once that the settings make valid stacks (SettingsError)."""
     settings.check_stack_config()
@@ -386,7 +401,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = open_pool(settings, max_size=settings.db_pool_size)
+        pool = web_pool(settings)
         # wait=False: the service starts (and answers 503) while the database is down.
         await pool.open(wait=False)
         app.state.pool = pool

@@ -2,7 +2,7 @@
 
 The web process calls `enqueue_up`/`enqueue_destroy` and the readers; the worker calls the
 `start_attempt` ... `fail` writers. Each enqueue inserts the deployment and its queue job in one
-transaction, so there is never a record without a job or a job without a record.
+statement (one transaction), so there is never a record without a job or a job without a record.
 
 Server status as the API shows it: 'destroying' while a destroy is queued or running, else the
 servers row's status when the droplet got that far, else 'provisioning' while an `up` is queued
@@ -143,49 +143,42 @@ async def enqueue_destroy(pool: AsyncConnectionPool[Any], name: str) -> Deployme
 async def _enqueue(
     pool: AsyncConnectionPool[Any], kind: str, name: str, config: dict[str, str]
 ) -> Deployment:
+    """Inserts the deployment and its queue job with one statement (one round trip).
+
+    The job is the one `task.configure(lock=name, queueing_lock=name).defer(deployment_id=...)`
+    would write, through procrastinate's defer function, so a worker cannot tell the difference.
+    """
     from service import tasks
 
     task = tasks.deploy if kind == "up" else tasks.destroy
     statement = "insert_up_deployment" if kind == "up" else "insert_destroy_deployment"
+    params = {
+        "server_name": name,
+        "config": Jsonb(config),
+        "queue": task.queue,
+        "task_name": task.name,
+        "priority": task.priority,
+    }
     try:
-        async with pool.connection() as conn, conn.transaction():
+        async with pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                queries.load()[statement], {"server_name": name, "config": Jsonb(config)}
-            )
+            await cur.execute(queries.load()[statement], params)
             row = await cur.fetchone()
-            if row is None:
-                raise DeploymentConflict(
-                    f"a server named {name!r} already exists; DELETE it first or choose "
-                    "another name",
-                    reason="name_in_use",
-                    server_name=name,
-                )
-            job_id = await task.configure(
-                lock=name, queueing_lock=name, connection=conn
-            ).defer_async(deployment_id=row["id"])
-            log.info("queued %s of %s: deployment %s, job %s", kind, name, row["id"], job_id)
-            return Deployment.from_row({**row, "job_id": job_id})
     except pg_errors.UniqueViolation as exc:
+        # deployments_one_active, or the job's queueing lock: either way one is in flight.
         raise DeploymentConflict(
             f"a deployment for {name!r} is already queued or running",
             reason="deployment_in_progress",
             server_name=name,
         ) from exc
-    except Exception as exc:
-        if _is_already_enqueued(exc):
-            raise DeploymentConflict(
-                f"a deployment for {name!r} is already queued or running",
-                reason="deployment_in_progress",
-                server_name=name,
-            ) from exc
-        raise
-
-
-def _is_already_enqueued(exc: BaseException) -> bool:
-    from procrastinate import exceptions as pexc
-
-    return isinstance(exc, pexc.AlreadyEnqueued | pexc.UniqueViolation)
+    if row is None:
+        raise DeploymentConflict(
+            f"a server named {name!r} already exists; DELETE it first or choose another name",
+            reason="name_in_use",
+            server_name=name,
+        )
+    log.info("queued %s of %s: deployment %s, job %s", kind, name, row["id"], row["job_id"])
+    return Deployment.from_row(row)
 
 
 async def _last_config(pool: AsyncConnectionPool[Any], name: str) -> dict[str, str] | None:

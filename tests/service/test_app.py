@@ -33,9 +33,25 @@ def test_accepted_answer_is_the_old_shape_byte_for_byte(
         service_db, "SELECT state, kind, config, job_id FROM deployments"
     )
     assert (state, kind, config) == ("queued", "up", {"serverName": "web-1"})
-    assert rows(service_db, "SELECT task_name, lock, queueing_lock FROM procrastinate_jobs") == [
-        ("citrus.deploy", "web-1", "web-1")
+    # The job the statement writes is the one Task.defer would write.
+    ((dep_id,),) = rows(service_db, "SELECT id FROM deployments")
+    assert rows(
+        service_db,
+        "SELECT queue_name, task_name, priority, lock, queueing_lock, args, status, scheduled_at "
+        "FROM procrastinate_jobs",
+    ) == [
+        (
+            "deployments",
+            "citrus.deploy",
+            0,
+            "web-1",
+            "web-1",
+            {"deployment_id": dep_id},
+            "todo",
+            None,
+        )
     ]
+    assert rows(service_db, "SELECT type FROM procrastinate_events") == [("deferred",)]
     assert job is None  # the worker records its job id when it starts
 
 
