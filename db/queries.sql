@@ -44,31 +44,16 @@ DELETE FROM servers WHERE id = %(id)s;
 -- ---------------------------------------------------------------------------------------------
 -- The HTTP service: deployments (service/deployments.py). `tail` = characters of output to show.
 
--- name: insert_up_deployment
+-- name: insert_deployment
 -- The deployment row and its queue job in one statement, so an accepted POST costs one round
 -- trip and one (implicit) transaction: never a row without a job or a job without a row.
--- No row when a servers row already has this name; the partial unique index
+-- An 'up' gets no row when a servers row already has this name; the partial unique index
 -- deployments_one_active (or the job's queueing lock) refuses a second queued/running one.
 -- The job goes through procrastinate's own defer function, as `Task.defer` would.
 WITH deployment AS (
     INSERT INTO deployments (server_name, kind, config)
-    SELECT %(server_name)s, 'up', %(config)s
-    WHERE NOT EXISTS (SELECT 1 FROM servers WHERE name = %(server_name)s)
-    RETURNING id, server_name, kind, state, config, outputs, error, attempts,
-              created_at, started_at, updated_at, finished_at
-)
-SELECT d.*, '' AS output_tail,
-       (procrastinate_defer_jobs_v1(ARRAY[ROW(
-           %(queue)s, %(task_name)s, %(priority)s, %(server_name)s, %(server_name)s,
-           jsonb_build_object('deployment_id', d.id), NULL
-       )::procrastinate_job_to_defer_v1]))[1] AS job_id
-FROM deployment d;
-
--- name: insert_destroy_deployment
--- As insert_up_deployment, for a name that has a server.
-WITH deployment AS (
-    INSERT INTO deployments (server_name, kind, config)
-    VALUES (%(server_name)s, 'destroy', %(config)s)
+    SELECT %(server_name)s, %(kind)s, %(config)s
+    WHERE %(kind)s = 'destroy' OR NOT EXISTS (SELECT 1 FROM servers WHERE name = %(server_name)s)
     RETURNING id, server_name, kind, state, config, outputs, error, attempts,
               created_at, started_at, updated_at, finished_at
 )

@@ -151,8 +151,8 @@ async def _enqueue(
     from service import tasks
 
     task = tasks.deploy if kind == "up" else tasks.destroy
-    statement = "insert_up_deployment" if kind == "up" else "insert_destroy_deployment"
     params = {
+        "kind": kind,
         "server_name": name,
         "config": Jsonb(config),
         "queue": task.queue,
@@ -162,7 +162,7 @@ async def _enqueue(
     try:
         async with pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(queries.load()[statement], params)
+            await cur.execute(queries.load()["insert_deployment"], params)
             row = await cur.fetchone()
     except pg_errors.UniqueViolation as exc:
         # deployments_one_active, or the job's queueing lock: either way one is in flight.
