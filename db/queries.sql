@@ -168,35 +168,48 @@ ORDER BY s.name LIMIT %(limit)s;
 -- name: fail_stale_agents
 -- Agents still 'offline' after the timeout become 'failed', and their servers still
 -- 'provisioning' with them, in one statement (never one without the other). The agents side
--- uses the partial index agents_offline_created_at, the servers side servers_agent_id.
+-- uses the partial index agents_offline_created_at; the servers are found through
+-- servers_awaiting_agent (whose rows it removes) and changed by primary key, HOT: no index
+-- mentions servers.status. `= ANY (ARRAY(...))` keeps each side an index scan whatever the
+-- planner guesses of the CTE's size.
 WITH failed AS (
     UPDATE agents SET status = 'failed'
     WHERE status = 'offline' AND created_at < now() - make_interval(secs => %(timeout_seconds)s)
     RETURNING id, name
+), dequeued AS (
+    DELETE FROM servers_awaiting_agent
+    WHERE agent_id = ANY (ARRAY(SELECT id FROM failed))
+    RETURNING server_id
 ), failed_servers AS (
-    UPDATE servers s SET status = 'failed'
-    FROM failed
-    WHERE s.agent_id = failed.id AND s.status = 'provisioning'
-    RETURNING s.name
+    UPDATE servers SET status = 'failed'
+    WHERE id = ANY (ARRAY(SELECT server_id FROM dequeued)) AND status = 'provisioning'
+    RETURNING name
 )
 SELECT 'agent' AS kind, name FROM failed
 UNION ALL
 SELECT 'server', name FROM failed_servers;
 
 -- name: settle_provisioning_servers
--- Servers still 'provisioning' whose agent's fate is known: 'online' -> 'active'; 'failed' ->
--- 'failed' (a server row written after its agent was already failed). Driven by the partial
--- index servers_provisioning_agent_id, one agents_pkey lookup per provisioning server: the
--- LATERAL ... OFFSET 0 keeps that lookup from becoming a hash join over every agent, and
--- keeps the plan's estimate under jit_above_cost (JIT compiling cost more than the lookups).
--- A server already 'failed' (its deployment failed) is not 'provisioning' and stays as it is.
+-- Servers awaiting an agent that is no longer 'offline': 'online' -> 'active', 'failed' ->
+-- 'failed' (a server row written after its agent had already failed). Which agents are still
+-- offline comes from the partial index agents_offline_created_at, so no agent is looked up
+-- until its server is known to settle (OFFSET 0 keeps that set a scan of the partial index
+-- rather than one agents_pkey lookup per awaiting server). The awaiting row is removed either
+-- way; a server no longer 'provisioning' (its deployment failed) keeps its status.
+WITH settled AS (
+    DELETE FROM servers_awaiting_agent w
+    USING (
+        SELECT q.server_id
+        FROM servers_awaiting_agent q
+        LEFT JOIN (SELECT id FROM agents WHERE status = 'offline' OFFSET 0) offline
+               ON offline.id = q.agent_id
+        WHERE offline.id IS NULL
+    ) p
+    WHERE w.server_id = p.server_id
+    RETURNING w.server_id
+)
 UPDATE servers s
-SET status = CASE p.agent_status WHEN 'online' THEN 'active' ELSE 'failed' END
-FROM (
-    SELECT sp.id, a.status AS agent_status
-    FROM servers sp
-    CROSS JOIN LATERAL (SELECT status FROM agents WHERE agents.id = sp.agent_id OFFSET 0) a
-    WHERE sp.status = 'provisioning'
-) p
-WHERE s.id = p.id AND s.status = 'provisioning' AND p.agent_status IN ('online', 'failed')
+SET status = CASE (SELECT a.status FROM agents a WHERE a.id = s.agent_id)
+                 WHEN 'online' THEN 'active' ELSE 'failed' END
+WHERE s.id = ANY (ARRAY(SELECT server_id FROM settled)) AND s.status = 'provisioning'
 RETURNING s.name, s.status;

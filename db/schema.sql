@@ -10,10 +10,10 @@ CREATE TABLE IF NOT EXISTS agents (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Room on each page for a row's next version: status changes (offline -> online/failed,
--- provisioning -> active/failed) cannot be HOT (status is in partial index predicates), but the
--- new version on the same page dirties one heap page instead of two. Applies to pages written
--- from now on.
+-- Room on each page for a row's next version: an agent's status change (offline -> online or
+-- failed) cannot be HOT (status is in the predicate of agents_offline_created_at, which the
+-- stale check needs), but a new version on the same page dirties one heap page instead of two.
+-- Applies to pages written from now on.
 ALTER TABLE agents SET (fillfactor = 90);
 
 -- The stale-agent check scans only agents still 'offline', oldest first.
@@ -31,9 +31,48 @@ CREATE TABLE IF NOT EXISTS servers (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
-ALTER TABLE servers SET (fillfactor = 90);
+-- Every server row changes status once (provisioning -> active/failed), usually in the same
+-- stale check as the rows created in the same minutes, which share its page. Half of each page
+-- is kept for those new versions so that the change is a HOT update: no index mentions status
+-- (see servers_awaiting_agent), so the change then writes no index entry at all. Applies to
+-- pages written from now on.
+ALTER TABLE servers SET (fillfactor = 50);
 
 CREATE INDEX IF NOT EXISTS servers_agent_id ON servers (agent_id);
+
+-- The servers still 'provisioning', for the stale check: a small side table instead of a
+-- partial index, because an index whose predicate mentions servers.status would make every
+-- status change a non-HOT update with an entry in each of the table's four indexes. A trigger
+-- adds a row whenever a server is written as 'provisioning' (by the provider or by anyone
+-- else); the stale check removes it when it settles the server. A row whose server left
+-- 'provisioning' some other way (a failed deployment) is removed by the next check that finds
+-- its agent no longer offline, which happens within AGENT_CONNECT_TIMEOUT.
+CREATE TABLE IF NOT EXISTS servers_awaiting_agent (
+    server_id bigint PRIMARY KEY REFERENCES servers (id) ON DELETE CASCADE,
+    agent_id  uuid   NOT NULL
+);
+CREATE INDEX IF NOT EXISTS servers_awaiting_agent_agent_id ON servers_awaiting_agent (agent_id);
+
+CREATE OR REPLACE FUNCTION servers_await_agent() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO servers_awaiting_agent (server_id, agent_id) VALUES (NEW.id, NEW.agent_id)
+    ON CONFLICT (server_id) DO UPDATE SET agent_id = EXCLUDED.agent_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER servers_await_agent
+    AFTER INSERT OR UPDATE OF status, agent_id ON servers
+    FOR EACH ROW WHEN (NEW.status = 'provisioning')
+    EXECUTE FUNCTION servers_await_agent();
+
+-- Rows written before the trigger existed.
+INSERT INTO servers_awaiting_agent (server_id, agent_id)
+SELECT id, agent_id FROM servers WHERE status = 'provisioning'
+ON CONFLICT (server_id) DO NOTHING;
+
+-- Replaced by servers_awaiting_agent.
+DROP INDEX IF EXISTS servers_provisioning_agent_id;
 
 -- The HTTP service's deployments: one row per `up` or `destroy` it enqueued, kept after the
 -- server is gone so that what happened stays visible. `config` holds only non-secret stack
@@ -61,6 +100,3 @@ CREATE TABLE IF NOT EXISTS deployments (
 CREATE UNIQUE INDEX IF NOT EXISTS deployments_one_active
     ON deployments (server_name) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS deployments_server_name_id ON deployments (server_name, id DESC);
-
--- The stale check's server transitions look only at servers still 'provisioning'.
-CREATE INDEX IF NOT EXISTS servers_provisioning_agent_id ON servers (agent_id) WHERE status = 'provisioning';

@@ -2,9 +2,10 @@
 
 Agents still 'offline' AGENT_CONNECT_TIMEOUT after their row was created become 'failed', and
 so do their servers still 'provisioning' (one statement); servers still 'provisioning' whose
-agent is 'online' become 'active' (another). Each runs in its own transaction. Several
-checkers may run at once (one per worker, or the CLI beside them): a row another checker
-changed first no longer matches the WHERE clause when its lock is released, so each row
+agent is 'online' become 'active' (another). Each runs in its own transaction. Servers awaiting
+their agent are found through the side table servers_awaiting_agent (db/schema.sql says why).
+Several checkers may run at once (one per worker, or the CLI beside them): a row another
+checker changed or removed first no longer matches when its lock is released, so each row
 changes, and is reported, exactly once.
 """
 

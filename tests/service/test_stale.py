@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from db import queries
+from db.__main__ import migrate
 from service import stale, tasks
 from service.worker import open_pool, remediate
 from tests.engine import ROOT
@@ -130,6 +131,58 @@ def test_two_checkers_at_once_change_each_row_once(database: str) -> None:
     assert len(agents) == len(set(agents)) == 3000
     assert len(servers) == len(set(servers)) == 3000
     assert rows(database, "SELECT status, count(*) FROM agents GROUP BY 1") == [("failed", 3000)]
+
+
+def test_only_servers_whose_agent_is_still_offline_stay_awaiting(fleet: str) -> None:
+    asyncio.run(run_check(fleet))
+
+    awaiting = rows(
+        fleet,
+        "SELECT s.name FROM servers_awaiting_agent w JOIN servers s ON s.id = w.server_id",
+    )
+    assert awaiting == [("young-1",)]
+
+
+def test_a_server_failed_by_its_deployment_stays_failed_and_leaves_the_queue(
+    database: str,
+) -> None:
+    with psycopg.connect(database) as conn:
+        add(conn, "deploy-broke", agent="offline", age_minutes=1)
+        conn.execute(queries.load()["fail_server"], {"server_name": "deploy-broke"})
+        conn.execute("UPDATE agents SET status = 'online' WHERE name = 'agent-deploy-broke'")
+
+    result = asyncio.run(run_check(database))
+
+    assert result.changed == 0
+    assert states(database)["deploy-broke"] == ("online", "failed")
+    assert rows(database, "SELECT count(*) FROM servers_awaiting_agent") == [(0,)]
+
+
+def test_server_status_changes_write_no_index_entry(fleet: str) -> None:
+    """Every servers update of the check is HOT: no index mentions servers.status."""
+    sql = queries.load()
+    with psycopg.connect(fleet) as conn:  # one transaction, so its own statistics are visible
+        conn.execute(sql["fail_stale_agents"], {"timeout_seconds": TIMEOUT})
+        conn.execute(sql["settle_provisioning_servers"])
+        ((updated, hot),) = conn.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+            "WHERE relname = 'servers'"
+        ).fetchall()
+
+    assert (updated, hot) == (5, 5)  # stale-1, stale-2, late-row failed; online-* active
+
+
+def test_migrate_queues_provisioning_servers_written_before_the_trigger(database: str) -> None:
+    with psycopg.connect(database) as conn:
+        conn.execute("ALTER TABLE servers DISABLE TRIGGER servers_await_agent")
+        add(conn, "older", agent="online", age_minutes=30)
+        conn.execute("ALTER TABLE servers ENABLE TRIGGER servers_await_agent")
+    assert rows(database, "SELECT count(*) FROM servers_awaiting_agent") == [(0,)]
+
+    migrate(database)
+    result = asyncio.run(run_check(database))
+
+    assert result.active_servers == ["older"]
 
 
 def test_the_statement_uses_the_partial_index(database: str) -> None:
