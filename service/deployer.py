@@ -89,12 +89,26 @@ def looks_transient(text: str) -> bool:
     return any(hint in lowered for hint in _TRANSIENT_HINTS)
 
 
+def _secret_env_names() -> dict[str, str]:
+    """Secret config key -> the environment variable the program reads it from instead."""
+    from citrus.config import DO_TOKEN_ENV, ENV_FALLBACKS
+    from service.settings import PROJECT
+
+    names = {f"{PROJECT}:{key}": env for key, env in ENV_FALLBACKS.items()}
+    names["digitalocean:token"] = DO_TOKEN_ENV[0]
+    return names
+
+
 class AutomationDeployer:
     """Pulumi Automation API on the project directory (`work_dir` = project root).
 
-    State goes to PULUMI_BACKEND_URL (file://, s3://, postgres://, ...); stack secrets are
-    encrypted with the passphrase. Config is set in full before every operation, so any worker
-    on any machine can run any stack.
+    State goes to PULUMI_BACKEND_URL (file://, s3://, postgres://, ...). Plain config is set in
+    full before every operation, so any worker on any machine can run any stack. Secret values
+    never go into stack config: the Automation API sets config with `pulumi config set-all
+    --secret key=value`, which would show them in the process list. They reach the CLI (and
+    the program and its providers, which inherit its environment) as the environment variables
+    the program falls back to (GITHUB_TOKEN, DATABASE_URL, DIGITALOCEAN_TOKEN); the program
+    wraps them as secrets before they reach the engine.
     """
 
     def __init__(
@@ -115,38 +129,57 @@ class AutomationDeployer:
         if parts.scheme == "file":
             Path(parts.path).mkdir(parents=True, exist_ok=True)
 
-    def _options(self) -> Any:
+    def _split(self, config: StackConfig) -> tuple[dict[str, Any], dict[str, str]]:
+        """(plain config for `config set-all`, environment for the secrets)."""
         from pulumi import automation as auto
 
-        return auto.LocalWorkspaceOptions(env_vars=self.env, secrets_provider="passphrase")
+        env_names = _secret_env_names()
+        plain: dict[str, Any] = {}
+        env: dict[str, str] = {}
+        for key, value in config.items():
+            if not value.secret:
+                plain[key] = auto.ConfigValue(value.value)
+            elif key in env_names:
+                env[env_names[key]] = value.value
+            else:
+                raise DeployError(
+                    f"secret config key {key} has no environment variable to travel in; "
+                    "it would have to go on the pulumi command line"
+                )
+        return plain, env
+
+    def _options(self, secrets_env: dict[str, str]) -> Any:
+        from pulumi import automation as auto
+
+        return auto.LocalWorkspaceOptions(
+            env_vars={**self.env, **secrets_env}, secrets_provider="passphrase"
+        )
 
     def up(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:
         from pulumi import automation as auto
 
+        plain, secrets_env = self._split(config)
         with _translated():
             ws_stack = auto.create_or_select_stack(
-                stack_name=stack, work_dir=str(self.work_dir), opts=self._options()
+                stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
             )
-            ws_stack.set_all_config(
-                {k: auto.ConfigValue(v.value, secret=v.secret) for k, v in config.items()}
-            )
+            ws_stack.set_all_config(plain)
             result = ws_stack.up(on_output=on_output, on_event=_event_printer(on_output))
             return {key: out.value for key, out in result.outputs.items() if not out.secret}
 
     def destroy(self, stack: str, config: StackConfig, on_output: OnOutput) -> None:
         from pulumi import automation as auto
 
+        plain, secrets_env = self._split(config)
         with _translated():
             try:
                 ws_stack = auto.select_stack(
-                    stack_name=stack, work_dir=str(self.work_dir), opts=self._options()
+                    stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
                 )
             except auto.StackNotFoundError:
                 on_output(f"stack {stack} does not exist: nothing to destroy")
                 return
-            ws_stack.set_all_config(
-                {k: auto.ConfigValue(v.value, secret=v.secret) for k, v in config.items()}
-            )
+            ws_stack.set_all_config(plain)
             ws_stack.destroy(on_output=on_output, on_event=_event_printer(on_output))
             ws_stack.workspace.remove_stack(stack)
 
@@ -188,7 +221,8 @@ def _event_printer(on_output: OnOutput) -> Callable[[Any], None]:
 def describe_event(event: Any) -> str | None:
     failed = getattr(event, "res_op_failed_event", None)
     if failed is not None:
-        return f"[event] failed: {failed.metadata.op} {failed.metadata.urn}"
+        op = getattr(failed.metadata.op, "value", failed.metadata.op)  # OpType.CREATE -> create
+        return f"[event] failed: {op} {failed.metadata.urn}"
     diag = getattr(event, "diagnostic_event", None)
     if diag is not None and str(diag.severity).startswith("error"):
         where = f" {diag.urn}" if diag.urn else ""

@@ -57,4 +57,4 @@ def test_engine_events_become_lines() -> None:
             steps=1,
         ),
     )
-    assert describe_event(failed) == "[event] failed: OpType.CREATE urn:x"
+    assert describe_event(failed) == "[event] failed: create urn:x"

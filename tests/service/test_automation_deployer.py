@@ -1,0 +1,136 @@
+"""AutomationDeployer against a stand-in `pulumi` CLI: what the real deployer hands the CLI.
+
+The Automation API library runs for real; only the CLI below it is the stand-in of
+tests/service/fake_pulumi.py (the true boundary: the Pulumi engine). These tests show which
+arguments, environment and directory the CLI gets, and how its answers are read. Whether Pulumi
+then deploys is for tests/service/test_live_automation.py, which needs the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.deployer import ROOT, AutomationDeployer, DeployError, StackValue
+
+GITHUB_TOKEN = "ghp_" + "T" * 36
+DATABASE_URL = "postgresql://citrus:db-password-7f3a@db.internal:5432/citrus"
+DO_TOKEN = "dop_v1_" + "d" * 64
+PASSPHRASE = "passphrase-5b1e"
+SECRETS = (GITHUB_TOKEN, DATABASE_URL, "db-password-7f3a", DO_TOKEN, PASSPHRASE)
+
+CONFIG = {
+    "citrus-deploy:serverName": StackValue("web-1"),
+    "citrus-deploy:engineWsUrl": StackValue("wss://engine.citrushost.io"),
+    "citrus-deploy:githubToken": StackValue(GITHUB_TOKEN, secret=True),
+    "citrus-deploy:databaseUrl": StackValue(DATABASE_URL, secret=True),
+    "digitalocean:token": StackValue(DO_TOKEN, secret=True),
+}
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Puts the stand-in `pulumi` first on PATH; returns the directory it records into."""
+    bindir, home = tmp_path / "bin", tmp_path / "fake-pulumi"
+    bindir.mkdir()
+    home.mkdir()
+    script = bindir / "pulumi"
+    fake = Path(__file__).with_name("fake_pulumi.py")
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_PULUMI_DIR", str(home))
+    for name in ("GITHUB_TOKEN", "DATABASE_URL", "DIGITALOCEAN_TOKEN", "DO_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def calls(home: Path) -> list[dict[str, Any]]:
+    """Every call the CLI got; "words" = its arguments without the global --non-interactive."""
+    path = home / "calls.jsonl"
+    if not path.exists():
+        return []
+    made = [json.loads(line) for line in path.read_text().splitlines()]
+    for call in made:
+        call["words"] = [arg for arg in call["argv"] if arg != "--non-interactive"]
+    return made
+
+
+def deployer(tmp_path: Path) -> AutomationDeployer:
+    return AutomationDeployer(backend_url=f"file://{tmp_path}/state", passphrase=PASSPHRASE)
+
+
+def test_up_gives_the_cli_secrets_in_its_environment_never_its_arguments(
+    cli: Path, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+
+    outputs = deployer(tmp_path).up("web-1", CONFIG, lines.append)
+
+    made = calls(cli)
+    for call in made:
+        argv = " ".join(call["argv"])
+        assert not [s for s in SECRETS if s in argv], call["argv"]
+    (up,) = [call for call in made if call["words"][0] == "up"]
+    assert up["env"] == {
+        "PULUMI_BACKEND_URL": f"file://{tmp_path}/state",
+        "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
+        "GITHUB_TOKEN": GITHUB_TOKEN,
+        "DATABASE_URL": DATABASE_URL,
+        "DIGITALOCEAN_TOKEN": DO_TOKEN,
+    }
+    (set_all,) = [call["words"] for call in made if call["words"][:2] == ["config", "set-all"]]
+    assert "--secret" not in set_all
+    assert "citrus-deploy:serverName=web-1" in set_all
+    assert outputs == {"serverName": "web-1", "dropletId": "412345678"}  # secret ones dropped
+    assert "Updating (web-1):" in lines
+    assert "[event] summary: {'create': 7} in 3s" in lines
+
+
+def test_every_call_runs_in_the_project_directory(cli: Path, tmp_path: Path) -> None:
+    deployer(tmp_path).up("web-1", CONFIG, lambda _line: None)
+    deployer(tmp_path).destroy("web-1", CONFIG, lambda _line: None)
+
+    made = calls(cli)
+    assert {call["cwd"] for call in made} == {str(ROOT)}
+    assert [call["words"][:2] for call in made][-4:] == [
+        ["config", "set-all"],
+        ["destroy", "--skip-preview"],
+        ["stack", "history"],
+        ["stack", "rm"],
+    ]
+
+
+def test_a_locked_stack_is_a_transient_error(
+    cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "up:locked")
+
+    with pytest.raises(DeployError, match="locked by another update") as raised:
+        deployer(tmp_path).up("web-1", CONFIG, lambda _line: None)
+
+    assert raised.value.transient is True
+
+
+def test_destroying_a_stack_that_does_not_exist_is_done(cli: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    deployer(tmp_path).destroy("never-made", CONFIG, lines.append)
+
+    assert lines == ["stack never-made does not exist: nothing to destroy"]
+    assert [call["words"][:2] for call in calls(cli)] == [["version"], ["stack", "select"]]
+
+
+def test_a_secret_with_no_environment_variable_stops_before_the_cli(
+    cli: Path, tmp_path: Path
+) -> None:
+    config = {**CONFIG, "citrus-deploy:sshKeys": StackValue('["k"]', secret=True)}
+
+    with pytest.raises(DeployError, match="citrus-deploy:sshKeys has no environment variable"):
+        deployer(tmp_path).up("web-1", config, lambda _line: None)
+
+    assert calls(cli) == []
