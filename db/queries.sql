@@ -154,12 +154,22 @@ WHERE id = %(id)s AND state = 'running' AND attempts = %(attempts)s
 RETURNING id;
 
 -- name: select_failed_servers_without_deployment
--- Remediation candidates: failed servers with nothing queued or running for their name.
-SELECT s.name FROM servers s
-WHERE s.status = 'failed'
-  AND NOT EXISTS (SELECT 1 FROM deployments d
-                  WHERE d.server_name = s.name AND d.state IN ('queued', 'running'))
-ORDER BY s.name LIMIT %(limit)s;
+-- Remediation candidates, with nothing queued or running for their name: servers rows marked
+-- 'failed', and names whose last deployment is a failed `up` that never wrote its servers row
+-- (its stack may still hold a droplet and an agent row; the API lists it as failed too).
+WITH candidates AS (
+    SELECT s.name FROM servers s WHERE s.status = 'failed'
+    UNION
+    SELECT l.server_name
+    FROM (SELECT DISTINCT ON (server_name) server_name, kind, state
+          FROM deployments ORDER BY server_name, id DESC) l
+    WHERE l.kind = 'up' AND l.state = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM servers s WHERE s.name = l.server_name)
+)
+SELECT c.name FROM candidates c
+WHERE NOT EXISTS (SELECT 1 FROM deployments d
+                  WHERE d.server_name = c.name AND d.state IN ('queued', 'running'))
+ORDER BY c.name LIMIT %(limit)s;
 
 -- ---------------------------------------------------------------------------------------------
 -- The stale-agent check (service/stale.py). One statement per transition; each is safe when

@@ -245,7 +245,11 @@ class Maintenance:
 
 
 async def remediate(pool: AsyncConnectionPool[Any]) -> list[str]:
-    """Enqueues the destroy of every failed server with nothing queued or running."""
+    """Enqueues the destroy of every failed server with nothing queued or running.
+
+    A failed server is a servers row marked 'failed' or a failed `up` that never wrote its row
+    (db/queries.sql, select_failed_servers_without_deployment).
+    """
     queued = []
     for name in await deployments.failed_servers_without_deployment(pool):
         try:

@@ -223,6 +223,13 @@ def test_remediation_queues_the_destroy_of_failed_servers(service_db: str, tmp_p
     with psycopg.connect(service_db) as conn:
         add(conn, "stale-1", agent="offline", age_minutes=11)
         add(conn, "fine-1", agent="online", age_minutes=11, server="active")
+        # An `up` that failed after its droplet, before its servers row: an orphan otherwise.
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, error) "
+            "VALUES ('half-1', 'up', 'failed', 'boom'), ('retried-1', 'up', 'failed', 'boom'), "
+            "('retried-1', 'up', 'succeeded', NULL)"
+        )
+        add(conn, "retried-1", agent="online", age_minutes=11, server="active")
     settings = make_settings(service_db, tmp_path)
 
     async def check_and_remediate() -> list[str]:
@@ -238,10 +245,10 @@ def test_remediation_queues_the_destroy_of_failed_servers(service_db: str, tmp_p
 
     queued = asyncio.run(check_and_remediate())
 
-    assert queued == ["stale-1"]
-    assert rows(service_db, "SELECT server_name, kind, state FROM deployments") == [
-        ("stale-1", "destroy", "queued")
-    ]
+    assert queued == ["half-1", "stale-1"]
+    assert rows(
+        service_db, "SELECT server_name, kind FROM deployments WHERE state = 'queued' ORDER BY 1"
+    ) == [("half-1", "destroy"), ("stale-1", "destroy")]
 
 
 def test_get_shows_the_flipped_row(service_db: str, client: TestClient) -> None:
