@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.pg import PgServer
+from tests.pg import PgServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"  # noqa: S105 (throwaway server)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_up(url: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ from procrastinate import PsycopgConnector
 from procrastinate.jobs import Job, Status
 from psycopg_pool import AsyncConnectionPool
 
+from db import queries
 from service import deployments, stale, tasks
 from service.deployer import DeployError, StackValue, run_in_child
 from service.settings import Settings
@@ -283,12 +285,55 @@ def open_pool(settings: Settings, *, max_size: int) -> AsyncConnectionPool[Any]:
 
 
 async def run_worker(settings: Settings, *, install_signal_handlers: bool = True) -> None:
+    """Runs until SIGTERM or SIGINT (when it installs the handlers), then stops gracefully.
+
+    The handlers are installed first thing, not when procrastinate's worker loop starts, so a
+    signal while the pool opens or the worker registers still means a clean stop (exit 0).
+    The first signal lets running deployments finish; a second one kills the process.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signums = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
+
+    def first_signal() -> None:
+        log.info("worker: stopping after the running jobs (signal again to kill)")
+        for signum in signums:
+            loop.remove_signal_handler(signum)  # back to the default: the next one kills
+        stop.set()
+
+    for signum in signums:
+        loop.add_signal_handler(signum, first_signal)
+    try:
+        await _run_worker(settings, stop)
+    finally:
+        for signum in signums:
+            loop.remove_signal_handler(signum)
+
+
+async def _unless_stopped(task: asyncio.Future[Any], stop: asyncio.Event) -> None:
+    """Awaits `task`; when `stop` is set first, cancels it and waits for it to wind down."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()  # procrastinate's worker then finishes its running jobs, takes no more
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
     tasks.RETRY.max_attempts = settings.deploy_max_attempts
     tasks.RETRY.base_seconds = settings.retry_backoff_seconds
     name = f"{socket.gethostname()}-{id(settings) % 10000}-{int(time.time()) % 100000}"
     pool = open_pool(settings, max_size=settings.worker_concurrency + 4)
-    await pool.open(wait=True, timeout=60)
+    target = queries.describe(settings.database_url.get_secret_value())
+    log.info("worker %s: connecting to %s", name, target)
     try:
+        await _unless_stopped(asyncio.ensure_future(pool.open(wait=True, timeout=60)), stop)
+        if stop.is_set():
+            return
         with tasks.app.replace_connector(PsycopgConnector()) as app:
             async with app.open_async(pool):
                 maintenance = Maintenance(settings, pool, app.job_manager)
@@ -306,15 +351,18 @@ async def run_worker(settings: Settings, *, install_signal_handlers: bool = True
                     settings.worker_concurrency,
                     settings.deployer,
                 )
-                await app.run_worker_async(
+                worker = app.run_worker_async(
                     queues=list(tasks.QUEUES),
                     name=name,
                     concurrency=settings.worker_concurrency,
                     additional_context={"runtime": runtime},
                     update_heartbeat_interval=settings.worker_heartbeat_interval,
                     stalled_worker_timeout=settings.worker_stalled_timeout,
-                    install_signal_handlers=install_signal_handlers,
+                    install_signal_handlers=False,  # run_worker's, installed from the start
                 )
-                recovery.cancel()
+                try:
+                    await _unless_stopped(asyncio.ensure_future(worker), stop)
+                finally:
+                    recovery.cancel()
     finally:
         await pool.close()

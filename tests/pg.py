@@ -24,7 +24,8 @@ def _bindir() -> Path:
     return Path(found[-1]).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for now)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -35,7 +36,7 @@ class PgServer:
 
     def __init__(self, *, password: str | None = None) -> None:
         self.bindir = _bindir()
-        self.port = _free_port()
+        self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="citrus-pg-"))
         self.datadir = self.root / "data"
         self.password = password

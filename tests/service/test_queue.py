@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.migrate import migrate
-from tests.pg import PgServer
-from tests.service.conftest import AUTH, Worker, make_settings, rows, wait_for
+from tests.pg import PgServer, free_port
+from tests.service.conftest import AUTH, Worker, make_settings, rows, service_env, wait_for
 
 DEPLOY = "/admin/servers/deploy-with-agent"
 
@@ -279,6 +279,20 @@ def test_database_stopped_and_restarted_503_then_recovers(own_pg: PgServer, tmp_
     assert health.json()["database"] == "ok"
     names = rows(own_pg.conninfo(), "SELECT server_name FROM deployments ORDER BY id")
     assert names == [("before-1",), ("after-1",)]
+
+
+def test_sigterm_while_the_database_is_away_stops_the_worker_cleanly(tmp_path: Path) -> None:
+    closed_port = f"postgresql://citrus@127.0.0.1:{free_port()}/citrus"
+    worker = Worker(service_env(closed_port, tmp_path / "state"), tmp_path / "w.log").start()
+    assert worker.proc is not None
+    try:
+        wait_for(lambda: "connecting to" in worker.log.read_text(), what="the worker to start")
+
+        worker.proc.send_signal(signal.SIGTERM)
+
+        assert worker.proc.wait(15) == 0
+    finally:
+        worker.stop()
 
 
 def test_sigterm_stops_a_worker_cleanly(start_worker: Callable[..., Worker]) -> None:
