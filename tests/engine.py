@@ -12,6 +12,7 @@ where secrets travel.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -164,6 +165,12 @@ SECRET_KEYS = [f"{PROJECT}:githubToken", f"{PROJECT}:databaseUrl", "digitalocean
 
 def run_program(engine: TestEngine, *, stack: str = "dev") -> TestEngine:
     """Runs __main__.py under the test engine with engine.config as the stack config."""
+    # Pulumi's runtime runs on the thread's current event loop; an earlier asyncio.run() in
+    # this thread (the service tests) leaves none, and get_event_loop() then refuses to make one.
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(
         engine, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(engine)
     )
