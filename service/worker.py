@@ -32,6 +32,8 @@ log = logging.getLogger("citrus.worker")
 # Advisory-lock namespace of the droplet-creation slots (two-int4 form, apart from migrate's).
 _SLOT_NAMESPACE = 0x64726F70  # "drop"
 _SLOT_POLL_SECONDS = 1.0
+# Lines kept while the database is away; the record keeps only its last 1 MiB anyway.
+_BUFFER_LIMIT = 10_000
 
 
 def redactor(secrets: list[str]) -> Callable[[str], str]:
@@ -45,7 +47,12 @@ def redactor(secrets: list[str]) -> Callable[[str], str]:
 
 
 class OutputRecorder:
-    """Appends output lines to the deployment record in batches (every `interval` seconds)."""
+    """Appends output lines to the deployment record in batches (every `interval` seconds).
+
+    A batch leaves the buffer only once it is stored: a flush that fails keeps its lines for the
+    next one, and leaving the block waits for the flush in flight instead of cancelling it (a
+    cancelled flush would lose its batch, and with it the output of a short deployment).
+    """
 
     def __init__(
         self,
@@ -59,6 +66,8 @@ class OutputRecorder:
         self.redact = redact
         self.interval = interval
         self._buffer: list[str] = []
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def line(self, text: str) -> None:
@@ -67,18 +76,29 @@ class OutputRecorder:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self._buffer:
-            return
-        text, self._buffer = "\n".join(self._buffer) + "\n", []
-        await deployments.append_output(self.pool, self.deployment_id, text)
+        async with self._lock:
+            if not self._buffer:
+                return
+            count = len(self._buffer)
+            text = "\n".join(self._buffer[:count]) + "\n"
+            try:
+                await deployments.append_output(self.pool, self.deployment_id, text)
+            except BaseException:
+                del self._buffer[: max(0, len(self._buffer) - _BUFFER_LIMIT)]
+                raise
+            del self._buffer[:count]
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            stopping = self._stop.is_set()  # read before the flush: lines may come during it
             try:
                 await self.flush()
             except psycopg.Error:
                 log.warning("could not append output of deployment %s", self.deployment_id)
+            if stopping:
+                return
 
     async def __aenter__(self) -> OutputRecorder:
         self._task = asyncio.create_task(self._loop())
@@ -86,11 +106,12 @@ class OutputRecorder:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        with contextlib.suppress(psycopg.Error):
-            await self.flush()
+        self._stop.set()
+        try:
+            await asyncio.shield(self._task)  # its last round flushes what is left
+        except asyncio.CancelledError:
+            self._task.cancel()
+            raise
 
 
 @contextlib.asynccontextmanager
