@@ -155,20 +155,34 @@ RETURNING id;
 
 -- name: select_failed_servers_without_deployment
 -- Remediation candidates, with nothing queued or running for their name: servers rows marked
--- 'failed', and names whose last deployment is a failed `up` that never wrote its servers row
--- (its stack may still hold a droplet and an agent row; the API lists it as failed too).
-WITH candidates AS (
+-- 'failed', and names whose last deployment (failed destroys aside) is a failed `up` that never
+-- wrote its servers row (its stack may still hold a droplet and an agent row; the API lists it
+-- as failed too). A name whose destroy keeps failing backs off: after n failed destroys in a
+-- row it waits backoff * 2^(n-1) seconds, at most backoff_max, from the last one.
+WITH settled AS (
+    SELECT DISTINCT ON (server_name) server_name, id, kind, state
+    FROM deployments
+    WHERE NOT (kind = 'destroy' AND state = 'failed')
+    ORDER BY server_name, id DESC
+), candidates AS (
     SELECT s.name FROM servers s WHERE s.status = 'failed'
     UNION
-    SELECT l.server_name
-    FROM (SELECT DISTINCT ON (server_name) server_name, kind, state
-          FROM deployments ORDER BY server_name, id DESC) l
+    SELECT l.server_name FROM settled l
     WHERE l.kind = 'up' AND l.state = 'failed'
       AND NOT EXISTS (SELECT 1 FROM servers s WHERE s.name = l.server_name)
 )
 SELECT c.name FROM candidates c
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, max(d.finished_at) AS last_at
+    FROM deployments d
+    WHERE d.server_name = c.name AND d.kind = 'destroy' AND d.state = 'failed'
+      AND d.id > coalesce((SELECT l.id FROM settled l WHERE l.server_name = c.name), 0)
+) failed_destroys
 WHERE NOT EXISTS (SELECT 1 FROM deployments d
                   WHERE d.server_name = c.name AND d.state IN ('queued', 'running'))
+  AND (failed_destroys.n = 0
+       OR failed_destroys.last_at + make_interval(secs => least(
+              %(backoff)s * 2 ^ least(failed_destroys.n - 1, 30), %(backoff_max)s)) <= now())
 ORDER BY c.name LIMIT %(limit)s;
 
 -- ---------------------------------------------------------------------------------------------

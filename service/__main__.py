@@ -147,7 +147,7 @@ def cmd_stale_check(args: argparse.Namespace) -> int:
 
                 with tasks.app.replace_connector(PsycopgConnector()) as queue:
                     async with queue.open_async(pool):
-                        queued = await remediate(pool)
+                        queued = await remediate(pool, backoff=settings.remediate_backoff_seconds)
             finally:
                 await pool.close()
             print(f"remediation: destroy queued for {len(queued)} failed server(s)")

@@ -366,10 +366,14 @@ async def interrupt(
 
 
 async def failed_servers_without_deployment(
-    pool: AsyncConnectionPool[Any], limit: int = 100
+    pool: AsyncConnectionPool[Any],
+    *,
+    backoff: float,
+    backoff_max: float = 6 * 3600,
+    limit: int = 100,
 ) -> Sequence[str]:
+    """Failed servers to destroy now; one whose destroy keeps failing waits longer each time."""
+    params = {"limit": limit, "backoff": backoff, "backoff_max": backoff_max}
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            queries.load()["select_failed_servers_without_deployment"], {"limit": limit}
-        )
+        cur = await conn.execute(queries.load()["select_failed_servers_without_deployment"], params)
         return [r[0] for r in await cur.fetchall()]

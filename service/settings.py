@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     # The stale-agent check.
     agent_connect_timeout: Seconds = Field(600, validation_alias="AGENT_CONNECT_TIMEOUT")
     remediate_failed_servers: bool = Field(False, validation_alias="CITRUS_REMEDIATE_FAILED")
+    remediate_backoff_seconds: Seconds = Field(300, validation_alias="CITRUS_REMEDIATE_BACKOFF")
 
     # Workers.
     worker_concurrency: int = Field(4, ge=1, le=100, validation_alias="WORKER_CONCURRENCY")

@@ -230,7 +230,7 @@ class Maintenance:
             await stale.check(conn, self.settings.agent_connect_timeout)
         await self.recover_stalled_jobs()
         if self.settings.remediate_failed_servers:
-            await remediate(self.pool)
+            await remediate(self.pool, backoff=self.settings.remediate_backoff_seconds)
 
     async def recover_stalled_jobs(self) -> int:
         """Jobs still 'doing' on a worker that stopped its heartbeat: record it, then retry."""
@@ -267,14 +267,15 @@ class Maintenance:
         return 1
 
 
-async def remediate(pool: AsyncConnectionPool[Any]) -> list[str]:
+async def remediate(pool: AsyncConnectionPool[Any], *, backoff: float) -> list[str]:
     """Enqueues the destroy of every failed server with nothing queued or running.
 
     A failed server is a servers row marked 'failed' or a failed `up` that never wrote its row
-    (db/queries.sql, select_failed_servers_without_deployment).
+    (db/queries.sql, select_failed_servers_without_deployment). After n failed destroys in a row
+    a server waits backoff * 2^(n-1) seconds (at most 6 hours) before the next one.
     """
     queued = []
-    for name in await deployments.failed_servers_without_deployment(pool):
+    for name in await deployments.failed_servers_without_deployment(pool, backoff=backoff):
         try:
             dep = await deployments.enqueue_destroy(pool, name)
         except deployments.DeploymentConflict:

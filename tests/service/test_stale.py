@@ -219,6 +219,18 @@ def test_the_check_is_a_periodic_job_every_minute() -> None:
     assert periodic.cron == "* * * * *"
 
 
+async def check_and_remediate(conninfo: str, tmp_path: Path, backoff: float = 300) -> list[str]:
+    await run_check(conninfo)
+    pool = open_pool(make_settings(conninfo, tmp_path), max_size=2)
+    await pool.open(wait=True)
+    try:
+        with tasks.app.replace_connector(tasks.procrastinate.PsycopgConnector()) as queue:
+            async with queue.open_async(pool):
+                return await remediate(pool, backoff=backoff)
+    finally:
+        await pool.close()
+
+
 def test_remediation_queues_the_destroy_of_failed_servers(service_db: str, tmp_path: Path) -> None:
     with psycopg.connect(service_db) as conn:
         add(conn, "stale-1", agent="offline", age_minutes=11)
@@ -230,25 +242,51 @@ def test_remediation_queues_the_destroy_of_failed_servers(service_db: str, tmp_p
             "('retried-1', 'up', 'succeeded', NULL)"
         )
         add(conn, "retried-1", agent="online", age_minutes=11, server="active")
-    settings = make_settings(service_db, tmp_path)
 
-    async def check_and_remediate() -> list[str]:
-        await run_check(service_db)
-        pool = open_pool(settings, max_size=2)
-        await pool.open(wait=True)
-        try:
-            with tasks.app.replace_connector(tasks.procrastinate.PsycopgConnector()) as queue:
-                async with queue.open_async(pool):
-                    return await remediate(pool)
-        finally:
-            await pool.close()
-
-    queued = asyncio.run(check_and_remediate())
+    queued = asyncio.run(check_and_remediate(service_db, tmp_path))
 
     assert queued == ["half-1", "stale-1"]
     assert rows(
         service_db, "SELECT server_name, kind FROM deployments WHERE state = 'queued' ORDER BY 1"
     ) == [("half-1", "destroy"), ("stale-1", "destroy")]
+
+
+def _history(conn: psycopg.Connection, name: str, *steps: tuple[str, str, float]) -> None:
+    """Finished deployments of `name`, oldest first: (kind, state, minutes ago)."""
+    for kind, state, minutes_ago in steps:
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, finished_at) "
+            "VALUES (%s, %s, %s, now() - %s * interval '1 minute')",
+            (name, kind, state, minutes_ago),
+        )
+
+
+def test_a_destroy_that_keeps_failing_is_retried_less_and_less_often(
+    service_db: str, tmp_path: Path
+) -> None:
+    up = ("up", "succeeded", 600.0)
+    with psycopg.connect(service_db) as conn:
+        for name in ("once-1m", "once-6m", "thrice-10m", "thrice-21m", "many-5h", "many-7h"):
+            add(conn, name, agent="failed", age_minutes=600, server="failed")
+        # backoff 5 min: 1 failure -> 5 min, 3 in a row -> 20 min, many -> capped at 6 hours
+        _history(conn, "once-1m", up, ("destroy", "failed", 1))
+        _history(conn, "once-6m", up, ("destroy", "failed", 6))
+        _history(conn, "thrice-10m", up, *[("destroy", "failed", m) for m in (30, 20, 10)])
+        _history(conn, "thrice-21m", up, *[("destroy", "failed", m) for m in (40, 30, 21)])
+        _history(conn, "many-5h", up, *[("destroy", "failed", 300) for _ in range(40)])
+        _history(conn, "many-7h", up, *[("destroy", "failed", 420) for _ in range(40)])
+        # Failures before a later successful `up` belong to an earlier life of the name.
+        add(conn, "reborn", agent="failed", age_minutes=30, server="failed")
+        _history(conn, "reborn", *[("destroy", "failed", 2) for _ in range(5)], up)
+        # A failed `up` without its row stays a candidate after its destroy failed.
+        _history(conn, "half-1", ("up", "failed", 30), ("destroy", "failed", 6))
+        _history(conn, "half-2", ("up", "failed", 30), ("destroy", "failed", 1))
+        # ... and is done with once a destroy succeeded.
+        _history(conn, "half-3", ("up", "failed", 30), ("destroy", "succeeded", 20))
+
+    queued = asyncio.run(check_and_remediate(service_db, tmp_path, backoff=300))
+
+    assert queued == ["half-1", "many-7h", "once-6m", "reborn", "thrice-21m"]
 
 
 def test_get_shows_the_flipped_row(service_db: str, client: TestClient) -> None:
