@@ -108,7 +108,9 @@ class AutomationDeployer:
     --secret key=value`, which would show them in the process list. They reach the CLI (and
     the program and its providers, which inherit its environment) as the environment variables
     the program falls back to (GITHUB_TOKEN, DATABASE_URL, DIGITALOCEAN_TOKEN); the program
-    wraps them as secrets before they reach the engine.
+    wraps them as secrets before they reach the engine. Those keys are removed from the stack's
+    config before each operation: a value left there (`pulumi config set --secret` by hand)
+    would win over the environment, and the service's settings are the ones that must count.
     """
 
     def __init__(
@@ -148,6 +150,13 @@ class AutomationDeployer:
                 )
         return plain, env
 
+    @staticmethod
+    def _configure(ws_stack: Any, config: StackConfig, plain: dict[str, Any]) -> None:
+        ws_stack.set_all_config(plain)
+        travelling = sorted(key for key, value in config.items() if value.secret)
+        if travelling:  # `config rm-all` names keys only; a missing key is no error
+            ws_stack.remove_all_config(travelling)
+
     def _options(self, secrets_env: dict[str, str]) -> Any:
         from pulumi import automation as auto
 
@@ -163,7 +172,7 @@ class AutomationDeployer:
             ws_stack = auto.create_or_select_stack(
                 stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
             )
-            ws_stack.set_all_config(plain)
+            self._configure(ws_stack, config, plain)
             result = ws_stack.up(on_output=on_output, on_event=_event_printer(on_output))
             return {key: out.value for key, out in result.outputs.items() if not out.secret}
 
@@ -179,7 +188,7 @@ class AutomationDeployer:
             except auto.StackNotFoundError:
                 on_output(f"stack {stack} does not exist: nothing to destroy")
                 return
-            ws_stack.set_all_config(plain)
+            self._configure(ws_stack, config, plain)
             ws_stack.destroy(on_output=on_output, on_event=_event_printer(on_output))
             ws_stack.workspace.remove_stack(stack)
 

@@ -3,10 +3,11 @@
 The Automation API does its work by running `pulumi` with arguments and environment variables.
 This script records each call (arguments, working directory, the environment variables that
 matter) in `$FAKE_PULUMI_DIR/calls.jsonl` and answers just enough for `up` and `destroy` to
-complete: `version`, `stack select|init|output|history|rm`, `config set-all`, `up`, `destroy`.
-It runs no program and creates nothing: it shows what citrus hands the CLI, not what Pulumi
-does with it (tests/service/test_live_automation.py runs the real CLI). Any other command exits
-2, so a new call from a newer Automation API fails the test instead of passing unseen.
+complete: `version`, `stack select|init|output|history|rm`, `config set-all|rm-all`, `up`,
+`destroy`. It runs no program and creates nothing: it shows what citrus hands the CLI, not
+what Pulumi does with it (tests/service/test_live_automation.py runs the real CLI). Any other
+command exits 2, so a new call from a newer Automation API fails the test instead of passing
+unseen.
 
 `FAKE_PULUMI_FAIL=up:locked` makes `up` fail as a locked file:// backend does.
 """
@@ -60,6 +61,10 @@ def answer(argv: list[str], stack: str | None, stacks: dict[str, Any]) -> int:
             if flag in ("--plaintext", "--secret"):
                 key, _, value = pair.partition("=")
                 stacks[str(stack)]["config"][key] = value
+    elif command == ["config", "rm-all"]:
+        for key in argv[2:]:
+            if not key.startswith("-"):
+                stacks[str(stack)]["config"].pop(key, None)
     elif argv[:1] in (["up"], ["destroy"]):
         return operation(argv, str(stack), stacks)
     elif command == ["stack", "output"]:

@@ -91,14 +91,37 @@ def test_up_gives_the_cli_secrets_in_its_environment_never_its_arguments(
     assert "[event] summary: {'create': 7} in 3s" in lines
 
 
+def test_secrets_left_in_the_stack_config_give_way_to_the_services(
+    cli: Path, tmp_path: Path
+) -> None:
+    """A token set by hand with `pulumi config set --secret` would win over the environment."""
+    stale = {"citrus-deploy:githubToken": "ghp_old", "citrus-deploy:region": "ams3"}
+    (cli / "stacks.json").write_text(json.dumps({"web-1": {"config": stale, "outputs": {}}}))
+
+    deployer(tmp_path).up("web-1", CONFIG, lambda _line: None)
+
+    words = [call["words"] for call in calls(cli)]
+    (rm_all,) = [w for w in words if w[:2] == ["config", "rm-all"]]
+    assert rm_all[-3:] == [
+        "citrus-deploy:databaseUrl",
+        "citrus-deploy:githubToken",
+        "digitalocean:token",
+    ]
+    assert words.index(rm_all) < [w[0] for w in words].index("up")
+    config = json.loads((cli / "stacks.json").read_text())["web-1"]["config"]
+    assert "citrus-deploy:githubToken" not in config
+    assert config["citrus-deploy:region"] == "ams3"  # plain keys the service does not set stay
+
+
 def test_every_call_runs_in_the_project_directory(cli: Path, tmp_path: Path) -> None:
     deployer(tmp_path).up("web-1", CONFIG, lambda _line: None)
     deployer(tmp_path).destroy("web-1", CONFIG, lambda _line: None)
 
     made = calls(cli)
     assert {call["cwd"] for call in made} == {str(ROOT)}
-    assert [call["words"][:2] for call in made][-4:] == [
+    assert [call["words"][:2] for call in made][-5:] == [
         ["config", "set-all"],
+        ["config", "rm-all"],
         ["destroy", "--skip-preview"],
         ["stack", "history"],
         ["stack", "rm"],
