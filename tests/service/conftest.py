@@ -154,3 +154,27 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "conditi
 def rows(conninfo: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(conninfo) as conn:
         return conn.execute(query, params).fetchall()
+
+
+def fault_trigger(
+    conninfo: str, event: str, *, sqlstate: str, times: str, delay: float = 0.0
+) -> None:
+    """A trigger that raises `sqlstate` on `event` ("INSERT ON servers", ...), after `delay`.
+
+    `times` is "always", "once" (the first time only) or "never" (only the delay).
+    """
+    condition = {"always": "true", "once": "nextval('fault_once') = 1", "never": "false"}[times]
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("CREATE SEQUENCE fault_once")
+        conn.execute(
+            f"""
+            CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_sleep({float(delay)});
+                IF {condition} THEN
+                    RAISE EXCEPTION 'refused by the test' USING ERRCODE = '{sqlstate}';
+                END IF;
+                RETURN NEW;
+            END $$"""
+        )
+        conn.execute(f"CREATE TRIGGER fault BEFORE {event} FOR EACH ROW EXECUTE FUNCTION fault()")

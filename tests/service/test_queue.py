@@ -13,14 +13,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.migrate import migrate
 from tests.pg import PgServer, free_port
-from tests.service.conftest import AUTH, Worker, make_settings, rows, service_env, wait_for
+from tests.service.conftest import (
+    AUTH,
+    Worker,
+    fault_trigger,
+    make_settings,
+    rows,
+    service_env,
+    wait_for,
+)
 
 DEPLOY = "/admin/servers/deploy-with-agent"
 
@@ -135,30 +142,11 @@ def test_delete_destroys_the_stack_and_its_rows(
     assert client.get("/admin/servers", headers=AUTH).json() == {"servers": []}
 
 
-def _refuse_servers_rows(conninfo: str, sqlstate: str, times: str) -> None:
-    """A trigger that makes the servers insert fail: always, or only the first time."""
-    condition = "true" if times == "always" else "nextval('flaky_once') = 1"
-    with psycopg.connect(conninfo) as conn:
-        conn.execute("CREATE SEQUENCE flaky_once")
-        conn.execute(
-            f"""
-            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF {condition} THEN
-                    RAISE EXCEPTION 'refused by the test' USING ERRCODE = '{sqlstate}';
-                END IF;
-                RETURN NEW;
-            END $$"""
-        )
-        conn.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON servers FOR EACH ROW EXECUTE FUNCTION refuse()"
-        )
-
-
 def test_a_failed_deployment_leaves_the_server_failed_with_its_error(
     client: TestClient, service_db: str, start_worker: Callable[..., Worker]
 ) -> None:
-    _refuse_servers_rows(service_db, "23514", "always")  # check_violation: not transient
+    # check_violation: not transient
+    fault_trigger(service_db, "INSERT ON servers", sqlstate="23514", times="always")
     start_worker()
 
     client.post(DEPLOY, json={"name": "doomed-1"}, headers=AUTH)
@@ -179,7 +167,8 @@ def test_a_failed_deployment_leaves_the_server_failed_with_its_error(
 def test_a_transient_failure_is_retried_with_backoff_and_completes(
     client: TestClient, service_db: str, start_worker: Callable[..., Worker]
 ) -> None:
-    _refuse_servers_rows(service_db, "08006", "once")  # connection_failure: transient
+    # connection_failure: transient
+    fault_trigger(service_db, "INSERT ON servers", sqlstate="08006", times="once")
     start_worker()
 
     client.post(DEPLOY, json={"name": "flaky-1"}, headers=AUTH)

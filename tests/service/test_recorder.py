@@ -13,7 +13,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from service.worker import OutputRecorder
-from tests.service.conftest import rows
+from tests.service.conftest import fault_trigger, rows
 
 
 def _deployment(conninfo: str, name: str = "rec-1") -> int:
@@ -29,24 +29,10 @@ def _deployment(conninfo: str, name: str = "rec-1") -> int:
 
 def _slow_appends(conninfo: str, *, fail_first: bool = False) -> None:
     """Each append to the output takes 20 ms (and the first one fails, if asked)."""
-    condition = "nextval('fail_once') = 1" if fail_first else "false"
-    with psycopg.connect(conninfo) as conn:
-        conn.execute("CREATE SEQUENCE fail_once")
-        conn.execute(
-            f"""
-            CREATE FUNCTION slow_append() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                PERFORM pg_sleep(0.02);
-                IF {condition} THEN
-                    RAISE EXCEPTION 'refused by the test' USING ERRCODE = '08006';
-                END IF;
-                RETURN NEW;
-            END $$"""
-        )
-        conn.execute(
-            "CREATE TRIGGER slow_append BEFORE UPDATE OF output ON deployments"
-            " FOR EACH ROW EXECUTE FUNCTION slow_append()"
-        )
+    times = "once" if fail_first else "never"
+    fault_trigger(
+        conninfo, "UPDATE OF output ON deployments", sqlstate="08006", times=times, delay=0.02
+    )
 
 
 async def _record(conninfo: str, deployment_id: int, lines: list[str], pause: float) -> None:
