@@ -150,6 +150,21 @@ class AutomationDeployer:
                 )
         return plain, env
 
+    def _refuse_foreign_settings(self, stack: str) -> None:
+        """A new stack must not adopt a `Pulumi.<stack>.yaml` it finds in the project.
+
+        Such a file belongs to a stack run with `pulumi up` (Pulumi.dev.yaml is the example):
+        its values would flow into this server, and the worker would rewrite the file.
+        """
+        for suffix in (".yaml", ".yml"):
+            found = self.work_dir / f"Pulumi.{stack}{suffix}"
+            if found.exists():
+                raise DeployError(
+                    f"{found.name} in the project directory holds the config of a stack this "
+                    "service did not create (one run with `pulumi up`?); the service will not "
+                    "take it over: choose another server name"
+                )
+
     @staticmethod
     def _configure(ws_stack: Any, config: StackConfig, plain: dict[str, Any]) -> None:
         ws_stack.set_all_config(plain)
@@ -168,10 +183,13 @@ class AutomationDeployer:
         from pulumi import automation as auto
 
         plain, secrets_env = self._split(config)
+        where = {"stack_name": stack, "work_dir": str(self.work_dir)}
         with _translated():
-            ws_stack = auto.create_or_select_stack(
-                stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
-            )
+            try:
+                ws_stack = auto.select_stack(**where, opts=self._options(secrets_env))
+            except auto.StackNotFoundError:
+                self._refuse_foreign_settings(stack)
+                ws_stack = auto.create_stack(**where, opts=self._options(secrets_env))
             self._configure(ws_stack, config, plain)
             result = ws_stack.up(on_output=on_output, on_event=_event_printer(on_output))
             return {key: out.value for key, out in result.outputs.items() if not out.secret}

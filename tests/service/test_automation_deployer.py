@@ -128,6 +128,28 @@ def test_every_call_runs_in_the_project_directory(cli: Path, tmp_path: Path) -> 
     ]
 
 
+def test_a_new_stack_does_not_adopt_a_config_file_found_in_the_project(
+    cli: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    hand_made = "config:\n  citrus-deploy:region: ams3\n"
+    (project / "Pulumi.dev.yaml").write_text(hand_made)
+    service = AutomationDeployer(
+        backend_url=f"file://{tmp_path}/state", passphrase=PASSPHRASE, work_dir=project
+    )
+    config = {**CONFIG, "citrus-deploy:serverName": StackValue("dev")}
+
+    with pytest.raises(DeployError, match=r"Pulumi\.dev\.yaml in the project directory") as raised:
+        service.up("dev", config, lambda _line: None)
+
+    assert raised.value.transient is False
+    assert [call["words"][:2] for call in calls(cli)] == [["version"], ["stack", "select"]]
+    assert (project / "Pulumi.dev.yaml").read_text() == hand_made
+    service.up("web-1", CONFIG, lambda _line: None)  # a name of its own is fine
+
+
 def test_a_locked_stack_is_a_transient_error(
     cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
