@@ -183,13 +183,13 @@ class AutomationDeployer:
         from pulumi import automation as auto
 
         plain, secrets_env = self._split(config)
-        where = {"stack_name": stack, "work_dir": str(self.work_dir)}
+        work_dir, opts = str(self.work_dir), self._options(secrets_env)
         with _translated():
             try:
-                ws_stack = auto.select_stack(**where, opts=self._options(secrets_env))
+                ws_stack = auto.select_stack(stack_name=stack, work_dir=work_dir, opts=opts)
             except auto.StackNotFoundError:
                 self._refuse_foreign_settings(stack)
-                ws_stack = auto.create_stack(**where, opts=self._options(secrets_env))
+                ws_stack = auto.create_stack(stack_name=stack, work_dir=work_dir, opts=opts)
             self._configure(ws_stack, config, plain)
             result = ws_stack.up(on_output=on_output, on_event=_event_printer(on_output))
             return {key: out.value for key, out in result.outputs.items() if not out.secret}
