@@ -446,6 +446,25 @@ def make_deployer(options: Mapping[str, Any]) -> Deployer:
 # -- the child process -------------------------------------------------------------------------
 
 
+# The worker's secrets that a deployment gets only through its request (stack config and
+# options, on stdin), or not at all (ADMIN_TOKEN is the web's). The child, the Pulumi CLI and its
+# plugins inherit the child's environment; these stay out of it.
+WORKER_ONLY_ENV = frozenset(
+    {
+        "ADMIN_TOKEN",
+        "DATABASE_URL",
+        "GITHUB_TOKEN",
+        "DIGITALOCEAN_TOKEN",
+        "DO_API_TOKEN",
+        "PULUMI_CONFIG_PASSPHRASE",
+    }
+)
+
+
+def _child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in environ.items() if name not in WORKER_ONLY_ENV}
+
+
 async def run_in_child(
     kind: str,
     stack: str,
@@ -472,6 +491,7 @@ async def run_in_child(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=str(ROOT),
+        env=_child_environment(os.environ),
         start_new_session=True,  # its own process group: killed as a whole
         limit=1 << 20,
     )

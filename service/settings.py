@@ -172,12 +172,14 @@ class Settings(BaseSettings):
             raise SettingsError(f"the service cannot build valid stacks: {exc}") from None
 
     def secret_values(self) -> list[str]:
-        """Every secret the engine output must never show (redacted before it is stored)."""
+        """Every secret the engine output must never show (redacted before it is stored).
+
+        Not ADMIN_TOKEN: a deployment never gets it (service.deployer.WORKER_ONLY_ENV).
+        """
         from psycopg.conninfo import conninfo_to_dict
 
         found: list[str] = []
         for item in (
-            self.admin_token,
             self.digitalocean_token,
             self.github_token,
             self.pulumi_config_passphrase,

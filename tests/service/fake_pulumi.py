@@ -23,11 +23,13 @@ from typing import Any
 
 VERSION = "v3.205.0"  # the newest version whose events come through a file, not gRPC
 WATCHED_ENV = (
+    "ADMIN_TOKEN",
     "PULUMI_BACKEND_URL",
     "PULUMI_CONFIG_PASSPHRASE",
     "GITHUB_TOKEN",
     "DATABASE_URL",
     "DIGITALOCEAN_TOKEN",
+    "DO_API_TOKEN",
 )
 SECRET_OUTPUTS = {"agentKeySha256"}
 

@@ -8,6 +8,7 @@ then deploys is for tests/service/test_live_automation.py, which needs the real 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from service.deployer import ROOT, AutomationDeployer, DeployError, StackValue
+from service.deployer import ROOT, AutomationDeployer, DeployError, StackValue, run_in_child
 
 GITHUB_TOKEN = "ghp_" + "T" * 36
 DATABASE_URL = "postgresql://citrus:db-password-7f3a@db.internal:5432/citrus"
@@ -77,6 +78,8 @@ def test_up_gives_the_cli_secrets_in_its_environment_never_its_arguments(
         assert not [s for s in SECRETS if s in argv], call["argv"]
     (up,) = [call for call in made if call["words"][0] == "up"]
     assert up["env"] == {
+        "ADMIN_TOKEN": None,
+        "DO_API_TOKEN": None,
         "PULUMI_BACKEND_URL": f"file://{tmp_path}/state",
         "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
         "GITHUB_TOKEN": GITHUB_TOKEN,
@@ -111,6 +114,39 @@ def test_secrets_left_in_the_stack_config_give_way_to_the_services(
     config = json.loads((cli / "stacks.json").read_text())["web-1"]["config"]
     assert "citrus-deploy:githubToken" not in config
     assert config["citrus-deploy:region"] == "ams3"  # plain keys the service does not set stay
+
+
+def test_a_worker_hands_pulumi_its_settings_secrets_and_nothing_of_its_own(
+    cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the worker's child process, as a deployment runs: the web's admin token and the
+    worker's own secret variables stay behind; the deployment's secrets come from its request."""
+    monkeypatch.setenv("ADMIN_TOKEN", "admin-token-of-the-web-0123456789")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "the-worker-env-passphrase")
+    monkeypatch.setenv("DO_API_TOKEN", "dop_v1_stale_in_the_worker_env")
+    options = {
+        "deployer": "automation",
+        "backend_url": f"file://{tmp_path}/state",
+        "passphrase": PASSPHRASE,
+        "passphrase_file": None,
+        "step_delay": 0.0,
+    }
+    lines: list[str] = []
+
+    async def record(line: str) -> None:
+        lines.append(line)
+
+    outputs = asyncio.run(run_in_child("up", "web-1", CONFIG, options, record))
+
+    assert outputs["serverName"] == "web-1"
+    made = calls(cli)
+    assert made, lines
+    assert {(call["env"]["ADMIN_TOKEN"], call["env"]["DO_API_TOKEN"]) for call in made} == {
+        (None, None)
+    }
+    stack_calls = [call for call in made if call["words"] != ["version"]]
+    assert {call["env"]["PULUMI_CONFIG_PASSPHRASE"] for call in stack_calls} == {PASSPHRASE}
+    assert {call["env"]["DIGITALOCEAN_TOKEN"] for call in stack_calls} == {DO_TOKEN}
 
 
 def test_every_call_runs_in_the_project_directory(cli: Path, tmp_path: Path) -> None:
