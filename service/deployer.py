@@ -545,9 +545,15 @@ def _child_main() -> int:
     request = json.loads(sys.stdin.read())
     config = {k: StackValue(v, bool(s)) for k, (v, s) in request["config"].items()}
 
+    printing = threading.Lock()  # the test engine's mocks print from several threads
+
     def emit(line: str) -> None:
-        for part in line.rstrip("\n").splitlines() or [""]:
-            print(part.replace(RESULT_MARK, " "), flush=True)
+        text = "".join(
+            part.replace(RESULT_MARK, " ") + "\n" for part in line.rstrip("\n").splitlines() or [""]
+        )
+        with printing:
+            sys.stdout.write(text)
+            sys.stdout.flush()
 
     try:
         deployer = make_deployer(request["options"])

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from service.deployer import DeployError, describe_event, looks_transient, run_in_child
+from service.deployer import (
+    DeployError,
+    StackValue,
+    describe_event,
+    looks_transient,
+    run_in_child,
+)
+from tests.service.conftest import make_settings
 
 
 def test_a_child_that_fails_reports_the_program_error(tmp_path: Path) -> None:
@@ -58,3 +65,24 @@ def test_engine_events_become_lines() -> None:
         ),
     )
     assert describe_event(failed) == "[event] failed: create urn:x"
+
+
+def test_each_engine_step_is_a_line_of_its_own(service_db: str, tmp_path: Path) -> None:
+    """The test engine registers resources from several threads; their lines must not mix."""
+    settings = make_settings(service_db, tmp_path)
+    config = {
+        key: StackValue(value, secret)
+        for key, (value, secret) in settings.stack_config({"serverName": "lines-1"}).items()
+    }
+    lines: list[str] = []
+
+    async def record(line: str) -> None:
+        lines.append(line)
+
+    for _ in range(5):
+        asyncio.run(run_in_child("up", "lines-1", config, settings.deployer_options(), record))
+        asyncio.run(run_in_child("destroy", "lines-1", config, settings.deployer_options(), record))
+
+    steps = [line for line in lines if line.startswith((" +  ", " -  "))]
+    assert len(steps) == 5 * (2 * 7 + 7), lines
+    assert [line for line in lines if not line.strip() or line.count("  ") > 1] == []
