@@ -79,8 +79,8 @@ class OutputRecorder:
         async with self._lock:
             if not self._buffer:
                 return
-            count = len(self._buffer)
-            text = "\n".join(self._buffer[:count]) + "\n"
+            count = len(self._buffer)  # lines may be added while this batch is stored
+            text = "\n".join(self._buffer) + "\n"
             try:
                 await deployments.append_output(self.pool, self.deployment_id, text)
             except BaseException:
