@@ -136,7 +136,8 @@ def cmd_stale_check(args: argparse.Namespace) -> int:
                 conn, settings.agent_connect_timeout if args.timeout is None else args.timeout
             )
         if args.remediate or settings.remediate_failed_servers:
-            from service.worker import open_pool, remediate
+            from service.pool import open_pool
+            from service.worker import remediate
 
             pool = open_pool(settings, max_size=2)
             await pool.open(wait=True, timeout=10)

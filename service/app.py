@@ -31,6 +31,7 @@ from citrus.errors import DatabaseUnreachable, InvalidValue
 from citrus.validation import SERVER_NAME_MAX
 from service import deployments, tasks
 from service.deployments import Deployment, DeploymentConflict, NotFound, Server
+from service.pool import open_pool
 from service.settings import Settings
 
 log = logging.getLogger("citrus.web")
@@ -381,17 +382,9 @@ ServerName = Annotated[str, Path(description="The server's name.", max_length=25
 
 
 def web_pool(settings: Settings) -> psycopg_pool.AsyncConnectionPool[Any]:
-    """The worker's pool settings, in autocommit: every write of the web is one statement (an
-    accepted POST is one round trip), and its reads need no transaction around them."""
-    return psycopg_pool.AsyncConnectionPool(
-        settings.database_url.get_secret_value(),
-        min_size=1,
-        max_size=settings.db_pool_size,
-        open=False,
-        timeout=settings.db_timeout_seconds,
-        check=psycopg_pool.AsyncConnectionPool.check_connection,
-        kwargs={"connect_timeout": max(1, int(settings.db_timeout_seconds)), "autocommit": True},
-    )
+    """In autocommit: every write of the web is one statement (an accepted POST is one round
+    trip), and its reads need no transaction around them."""
+    return open_pool(settings, max_size=settings.db_pool_size, autocommit=True)
 
 
 def create_app(settings: Settings) -> FastAPI:

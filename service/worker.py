@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from db import queries
 from service import deployments, stale, tasks
 from service.deployer import DeployError, StackValue, run_in_child
+from service.pool import open_pool
 from service.settings import Settings
 
 log = logging.getLogger("citrus.worker")
@@ -292,18 +293,6 @@ async def _recover_every(maintenance: Maintenance, seconds: float) -> None:
         except Exception:  # the database may be away for a while; try again next time
             log.warning("stalled-job recovery failed; retrying in %gs", seconds, exc_info=True)
         await asyncio.sleep(seconds)
-
-
-def open_pool(settings: Settings, *, max_size: int) -> AsyncConnectionPool[Any]:
-    return AsyncConnectionPool(
-        settings.database_url.get_secret_value(),
-        min_size=1,
-        max_size=max_size,
-        open=False,
-        timeout=settings.db_timeout_seconds,
-        check=AsyncConnectionPool.check_connection,
-        kwargs={"connect_timeout": max(1, int(settings.db_timeout_seconds))},
-    )
 
 
 async def run_worker(settings: Settings, *, install_signal_handlers: bool = True) -> None:

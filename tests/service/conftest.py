@@ -55,6 +55,15 @@ def service_db(pg_server: PgServer, service_template: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A PostgreSQL of its own, with both schemas: the test may stop or restart it."""
+    server = PgServer().start()
+    migrate(server.conninfo())
+    yield server
+    server.destroy()
+
+
 def service_env(database: str, state_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a web or worker process running the test engine."""
     return {

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.migrate import migrate
 from tests.pg import PgServer, free_port
 from tests.service.conftest import (
     AUTH,
@@ -225,15 +223,6 @@ def _deployer_children() -> list[int]:
 
 
 # -- the database goes away and comes back ------------------------------------------------------
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PgServer]:
-    """A PostgreSQL of its own: this test stops it."""
-    server = PgServer().start()
-    migrate(server.conninfo())
-    yield server
-    server.destroy()
 
 
 def test_database_stopped_and_restarted_503_then_recovers(own_pg: PgServer, tmp_path: Path) -> None:

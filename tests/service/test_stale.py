@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from db import queries
 from db.__main__ import migrate
 from service import stale, tasks
-from service.worker import open_pool, remediate
+from service.pool import open_pool
+from service.worker import remediate
 from tests.engine import ROOT
 from tests.service.conftest import AUTH, make_settings, rows, service_env
 
