@@ -6,6 +6,10 @@ N concurrent clients, next to a bare FastAPI endpoint doing one INSERT on the sa
 Both servers are one uvicorn process each, against the same throwaway PostgreSQL (tests/pg.py);
 no worker runs, so this measures acceptance (validation, auth, the deployment row and the queue
 job in one transaction), not deployments. Client and servers share this machine's CPUs.
+
+The two endpoints take turns for --rounds rounds (the order alternating), and the table shows
+each one's medians: a machine whose speed drifts between two 30-second windows skews a single
+pair of runs by as much as 1.5x either way, which turns alone would not show.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -106,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx"
     )
@@ -154,20 +160,27 @@ def main() -> None:
         wait_up(f"http://127.0.0.1:{bare_port}/docs")
         bare_url = f"http://127.0.0.1:{bare_port}/insert"
         service_url = f"http://127.0.0.1:{service_port}/admin/servers/deploy-with-agent"
-        if args.client == "wrk":
-            bare = load_wrk(bare_url, None, args.clients, args.seconds, "bare")
-            service = load_wrk(service_url, TOKEN, args.clients, args.seconds, "srv")
-        else:
-            bare = asyncio.run(load(bare_url, {}, args.clients, args.seconds, "bare"))
-            service = asyncio.run(
-                load(
-                    service_url,
-                    {"Authorization": f"Bearer {TOKEN}"},
-                    args.clients,
-                    args.seconds,
-                    "srv",
+        endpoints = {
+            "bare": (bare_url, None),
+            "service": (service_url, TOKEN),
+        }
+        results: dict[str, list[dict]] = {"bare": [], "service": []}
+        for round_no in range(args.rounds):
+            order = ["bare", "service"] if round_no % 2 == 0 else ["service", "bare"]
+            for which in order:
+                url, token = endpoints[which]
+                tag = f"{which}{round_no}"
+                if args.client == "wrk":
+                    result = load_wrk(url, token, args.clients, args.seconds, tag)
+                else:
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    result = asyncio.run(load(url, headers, args.clients, args.seconds, tag))
+                results[which].append(result)
+                print(
+                    f"round {round_no + 1}: {which:<7} {result['accepted_per_s']:7.0f}/s "
+                    f"p50 {result['p50_ms']:.1f} ms, statuses {result['statuses']}",
+                    flush=True,
                 )
-            )
     finally:
         for proc in procs:
             proc.terminate()
@@ -176,16 +189,27 @@ def main() -> None:
 
     print(
         f"{args.clients} concurrent clients ({args.client}), {args.seconds:g} s each, "
-        f"{os.cpu_count()} CPUs"
+        f"{args.rounds} rounds, {os.cpu_count()} CPUs; medians over the rounds"
     )
-    print("| endpoint | accepted/s | p50 ms | p99 ms | requests | statuses |")
-    print("|---|---|---|---|---|---|")
-    for label, r in (("bare FastAPI + 1 INSERT", bare), ("POST deploy-with-agent", service)):
+    print("| endpoint | accepted/s | p50 ms | p99 ms | requests (all rounds) |")
+    print("|---|---|---|---|---|")
+    medians = {}
+    labels = {"bare": "bare FastAPI + 1 INSERT", "service": "POST deploy-with-agent"}
+    for which, label in labels.items():
+        runs = results[which]
+        medians[which] = statistics.median(r["accepted_per_s"] for r in runs)
         print(
-            f"| {label} | {r['accepted_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['requests']} | {r['statuses']} |"
+            f"| {label} | {medians[which]:.0f} "
+            f"| {statistics.median(r['p50_ms'] for r in runs):.1f} "
+            f"| {statistics.median(r['p99_ms'] for r in runs):.1f} "
+            f"| {sum(r['requests'] for r in runs)} |"
         )
-    print(f"ratio (service / bare): {service['accepted_per_s'] / bare['accepted_per_s']:.2f}x")
+    by_round = ", ".join(
+        f"{srv['accepted_per_s'] / bare['accepted_per_s']:.2f}x"
+        for srv, bare in zip(results["service"], results["bare"], strict=True)
+    )
+    ratio = medians["service"] / medians["bare"]
+    print(f"ratio (service / bare): {ratio:.2f}x of the medians; by round: {by_round}")
 
 
 if __name__ == "__main__":
