@@ -8,8 +8,8 @@ no worker runs, so this measures acceptance (validation, auth, the deployment ro
 job in one transaction), not deployments. Client and servers share this machine's CPUs.
 
 The two endpoints take turns for --rounds rounds (the order alternating), and the table shows
-each one's medians: a machine whose speed drifts between two 30-second windows skews a single
-pair of runs by as much as 1.5x either way, which turns alone would not show.
+each one's medians: this machine's speed drifts between 30-second windows, and single pairs of
+runs of the same code gave ratios from 0.44x to 0.78x.
 """
 
 from __future__ import annotations
