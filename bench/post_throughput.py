@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.pg import PgServer, free_port
+from standin.pg import PgServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"  # noqa: S105 (throwaway server)

@@ -28,7 +28,7 @@ from psycopg import sql
 from db import queries
 from db.__main__ import migrate
 from service import stale
-from tests.pg import PgServer
+from standin.pg import PgServer
 
 BARE_AGENTS = (
     "UPDATE agents SET status = 'failed' "

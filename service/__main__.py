@@ -97,7 +97,7 @@ DEMO_ENV = {
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on this machine with nothing to set up: a throwaway PostgreSQL, web, worker."""
     from service.migrate import migrate
-    from tests.pg import PgServer
+    from standin.pg import PgServer
 
     server = PgServer().start()
     try:

@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret the engine output must never show (redacted before it is stored).
 
-        Not ADMIN_TOKEN: a deployment never gets it (service.deployer.WORKER_ONLY_ENV).
+        Not ADMIN_TOKEN: a deployment never gets it (service.child.WORKER_ONLY_ENV).
         """
         from psycopg.conninfo import conninfo_to_dict
 

@@ -1,6 +1,6 @@
 """The worker: runs deployments from the queue and the minutely maintenance.
 
-Each deployment runs in a child process (service.deployer.run_in_child) while this process
+Each deployment runs in a child process (service.child.run_in_child) while this process
 streams its output into the deployment record, holds one of the account's droplet-creation
 slots for an `up`, and turns the outcome into the record's final state. Start any number of
 workers on any number of machines against the same DATABASE_URL.
@@ -24,7 +24,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from db import queries
 from service import deployments, stale, tasks
-from service.deployer import DeployError, StackValue, run_in_child
+from service.child import run_in_child
+from service.deployer import DeployError, StackValue
 from service.pool import open_pool
 from service.settings import Settings
 

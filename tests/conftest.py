@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from db.__main__ import migrate
-from tests.pg import PgServer
+from standin.pg import PgServer
 
 TEMPLATE_DB = "citrus_template"
 _counter = itertools.count()

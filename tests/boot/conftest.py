@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from standin.pg import PgServer
 from tests.boot.image import FLAVOURS, ImageError, image_path
 from tests.boot.standins.gitserver import GitServer
 from tests.boot.standins.hub import Hub
 from tests.conftest import TEMPLATE_DB
-from tests.pg import PgServer
 
 
 @pytest.fixture(autouse=True)

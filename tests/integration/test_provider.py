@@ -16,7 +16,7 @@ from pulumi.runtime.rpc import UNKNOWN
 
 from citrus.errors import DatabaseError, DatabaseUnreachable, RowConflict, SchemaMissing
 from db.provider import AgentRowProvider, ServerRowProvider
-from tests.pg import PgServer
+from standin.pg import PgServer
 
 KEY = "ab" * 32
 OTHER_KEY = "cd" * 32

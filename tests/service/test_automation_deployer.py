@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from service.deployer import ROOT, AutomationDeployer, DeployError, StackValue, run_in_child
+from service.automation import AutomationDeployer
+from service.child import run_in_child
+from service.deployer import ROOT, DeployError, StackValue
 
 GITHUB_TOKEN = "ghp_" + "T" * 36
 DATABASE_URL = "postgresql://citrus:db-password-7f3a@db.internal:5432/citrus"

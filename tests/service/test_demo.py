@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from standin.pg import free_port
 from tests.engine import ROOT
-from tests.pg import free_port
 
 AUTH = {"Authorization": "Bearer dev"}
 

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.deployer import (
-    DeployError,
-    StackValue,
-    describe_event,
-    looks_transient,
-    run_in_child,
-)
+from service.automation import describe_event
+from service.child import run_in_child
+from service.deployer import DeployError, StackValue, looks_transient
 from tests.service.conftest import make_settings
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.deployer import AutomationDeployer, StackValue, run_in_child
+from service.automation import AutomationDeployer
+from service.child import run_in_child
+from service.deployer import StackValue
 
 pytestmark = pytest.mark.live
 

@@ -10,7 +10,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from service.pool import IDLE_CHECK_SECONDS, open_pool
-from tests.pg import PgServer
+from standin.pg import PgServer
 from tests.service.conftest import make_settings
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.pg import PgServer, free_port
+from standin.pg import PgServer, free_port
 from tests.service.conftest import (
     AUTH,
     Worker,
@@ -217,7 +217,7 @@ def _deployer_children() -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"service.deployer" in cmdline:
+        if b"service.child" in cmdline:
             found.append(int(pid))
     return found
 
