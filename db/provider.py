@@ -28,7 +28,7 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
-from pulumi.runtime.rpc import UNKNOWN
+from pulumi.output import Unknown
 
 from citrus import validation
 from citrus.errors import DatabaseError, InvalidValue, RowConflict
@@ -60,11 +60,21 @@ class _RowProvider(ResourceProvider):
             return cur.fetchone() if cur.description else None
 
 
+def _unknown(value: Any) -> bool:
+    """A value not known until an earlier resource exists (a preview).
+
+    The provider host deserializes Check and Diff inputs with unknowns kept, so they arrive as
+    `pulumi.output.Unknown` objects, not as the wire's sentinel string (which `Unknown` does not
+    compare equal to).
+    """
+    return isinstance(value, Unknown)
+
+
 def _failures(news: dict[str, Any], rules: dict[str, Any]) -> list[CheckFailure]:
     failures = []
     for prop, rule in rules.items():
         value = news.get(prop)
-        if value == UNKNOWN:  # preview: not known yet, and itself a valid UUID: skip
+        if _unknown(value):  # checked when it is known, at the update itself
             continue
         try:
             rule(value, prop)
@@ -73,10 +83,20 @@ def _failures(news: dict[str, Any], rules: dict[str, Any]) -> list[CheckFailure]
     return failures
 
 
+def _differs(old: Any, new: Any) -> bool:
+    return _unknown(new) or old != new
+
+
 def _key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# These two classes must never move or be renamed. `__provider` in every stack's checkpoint is a
+# pickle of `db.provider.AgentRowProvider` / `db.provider.ServerRowProvider` by reference (a
+# 50-byte module path and name, no code), and destroy and refresh unpickle that stored copy in a
+# provider host started in the project directory; an unchanged `up` keeps it too. Moved, they
+# break destroy and refresh of every existing stack. tests/fixtures/provider_pickles.json holds
+# the bytes stored today; tests/integration/test_provider_host.py fails if they stop loading.
 class AgentRowProvider(_RowProvider):
     """`agents(id, key, status, name)`; the resource id is the agent id."""
 
@@ -90,12 +110,9 @@ class AgentRowProvider(_RowProvider):
         return CheckResult(news, _failures(news, self.RULES))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changes = []
-        if olds.get("agentId") != news.get("agentId"):
-            changes.append("agentId")
-        if olds.get("name") != news.get("name"):
-            changes.append("name")
-        if news.get("key") == UNKNOWN or olds.get("keySha256") != _key_digest(news["key"]):
+        changes = [p for p in ("agentId", "name") if _differs(olds.get(p), news.get(p))]
+        key = news.get("key")
+        if _unknown(key) or olds.get("keySha256") != _key_digest(key):
             changes.append("key")
         return DiffResult(
             changes=bool(changes),
@@ -173,7 +190,7 @@ class ServerRowProvider(_RowProvider):
         return CheckResult(news, _failures(news, self.RULES))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changes = [p for p in self._COLUMNS if olds.get(p) != news.get(p)]
+        changes = [p for p in self._COLUMNS if _differs(olds.get(p), news.get(p))]
         return DiffResult(changes=bool(changes), replaces=[], delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:

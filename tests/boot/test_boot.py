@@ -1,6 +1,6 @@
 """The real boot: config -> program -> user_data -> Debian 12, systemd, cloud-init -> online.
 
-The program runs under tests/engine.py (the stand-in for the Pulumi engine and DigitalOcean) and
+The program runs under standin/engine.py (the stand-in for the Pulumi engine and DigitalOcean) and
 writes its rows to the test PostgreSQL; the droplet's `user_data` it produced is booted with a
 NoCloud seed in a systemd-nspawn container (tests/boot/runner.py). At the boundary: a Git server
 that serves the stand-in agent only to the right token, and a hub double that checks id and key
@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from standin.engine import ROOT, Engine, stack_config
+from standin.wire import reveal
 from tests.boot import timings
 from tests.boot.old_script import render_old_script
 from tests.boot.runner import BootResult, Machine
 from tests.boot.standins.gitserver import GitServer
 from tests.boot.standins.hub import Hub
-from tests.engine import ROOT, TestEngine, run_program, stack_config, unwrap
 
 pytestmark = pytest.mark.boot
 
@@ -66,7 +67,11 @@ def hub(boot_pg_conninfo: str) -> Iterator[Hub]:
 
 @pytest.fixture(scope="module")
 def deploy(
-    boot_pg_conninfo: str, git: GitServer, hub: Hub, token: str
+    boot_pg_conninfo: str,
+    git: GitServer,
+    hub: Hub,
+    token: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., Deployment]:
     """Runs the program for a new stack and returns what the droplet would boot with."""
 
@@ -82,14 +87,14 @@ def deploy(
             databaseUrl=boot_pg_conninfo,
             **{"digitalocean:token": "dop_v1_stand_in"},
         )
-        engine = run_program(TestEngine(config), stack=name)
-        (droplet,) = engine.by_type(DROPLET)
-        (agent,) = engine.by_type(AGENT_ROW)
+        result = Engine(tmp_path_factory.mktemp("state")).up(name, config)
+        (droplet,) = result.by_type(DROPLET)
+        (agent,) = result.by_type(AGENT_ROW)
         return Deployment(
             agent_id=agent.id,
-            key=unwrap(agent.inputs["key"]),
+            key=reveal(agent.inputs["key"]),
             engine_ws_url=hub.url + ws_path,
-            user_data=unwrap(droplet.inputs["userData"]),
+            user_data=reveal(droplet.inputs["userData"]),
         )
 
     return run

@@ -1,9 +1,10 @@
-"""The Pulumi program end to end under the test engine, against a real PostgreSQL."""
+"""The Pulumi program end to end under the engine stand-in, against a real PostgreSQL."""
 
 from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -11,7 +12,17 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.engine import ROOT, Registration, TestEngine, run_program, stack_config, unwrap
+from standin.engine import (
+    ROOT,
+    Engine,
+    EngineError,
+    Registration,
+    Result,
+    StackConfig,
+    stack_config,
+)
+from standin.provider_host import ProviderHost
+from standin.wire import reveal as unwrap
 
 AGENT_SERVER = "citrus:index:AgentServer"
 AGENT_ROW = "pulumi-python:dynamic/citrus:AgentRow"
@@ -32,7 +43,7 @@ def with_password(conninfo: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def dev_config(database: str, **overrides: Any) -> dict[str, str]:
+def dev_config(database: str, **overrides: Any) -> StackConfig:
     secrets = {
         "githubToken": GITHUB_TOKEN,
         "databaseUrl": with_password(database),
@@ -46,17 +57,21 @@ def rows(conninfo: str, table: str) -> list[dict[str, Any]]:
         return conn.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 fixed names
 
 
-def one(engine: TestEngine, typ: str) -> Registration:
-    (reg,) = engine.by_type(typ)
+def one(result: Result, typ: str) -> Registration:
+    (reg,) = result.by_type(typ)
     return reg
 
 
+def up(database: str, tmp_path: Path, **overrides: Any) -> Result:
+    return Engine(tmp_path / "state").up("dev", dev_config(database, **overrides))
+
+
 @pytest.fixture
-def deployed(database: str) -> TestEngine:
-    return run_program(TestEngine(dev_config(database)))
+def deployed(database: str, tmp_path: Path) -> Result:
+    return up(database, tmp_path)
 
 
-def test_dev_stack_writes_the_contract_rows(deployed: TestEngine, database: str) -> None:
+def test_dev_stack_writes_the_contract_rows(deployed: Result, database: str) -> None:
     (agent,) = rows(database, "agents")
     (server,) = rows(database, "servers")
     key_hex = unwrap(one(deployed, BYTES_T).outputs["hex"])
@@ -74,19 +89,20 @@ def test_dev_stack_writes_the_contract_rows(deployed: TestEngine, database: str)
     assert server["agent_id"] == agent["id"]
 
 
-def test_a_retried_create_leaves_one_row_in_each_table(deployed: TestEngine, database: str) -> None:
+def test_a_retried_create_leaves_one_row_in_each_table(deployed: Result, database: str) -> None:
     """A crash between the insert and the state write makes the engine call create again."""
-    for typ in (AGENT_ROW, SERVER_ROW):
-        reg = one(deployed, typ)
-        inputs = {k: v for k, v in unwrap(reg.inputs).items() if k != "__provider"}
-        again = reg.provider.create(inputs)
-        assert again.id == reg.id
+    with ProviderHost(ROOT, "citrus-deploy") as host:
+        host.configure(dev_config(database).wire())
+        for typ in (AGENT_ROW, SERVER_ROW):
+            reg = one(deployed, typ)
+            again, _outs = host.create(reg.urn, unwrap(reg.inputs))
+            assert again == reg.id
 
     assert len(rows(database, "agents")) == 1
     assert len(rows(database, "servers")) == 1
 
 
-def test_resource_graph_types_parents_and_order(deployed: TestEngine) -> None:
+def test_resource_graph_types_parents_and_order(deployed: Result) -> None:
     component = one(deployed, AGENT_SERVER)
     children = [r for r in deployed.registrations if r.parent.endswith("::agent-server")]
     types = [r.typ for r in children]
@@ -98,11 +114,13 @@ def test_resource_graph_types_parents_and_order(deployed: TestEngine) -> None:
     assert all(r.name.startswith("agent-server-") for r in children)
 
 
-def test_droplet_takes_region_size_image_and_extras_from_config(database: str) -> None:
-    config = dev_config(
-        database, region="ams3", size="s-2vcpu-2gb", image="debian-12-x64", vpcUuid=""
+def test_droplet_takes_region_size_image_and_extras_from_config(
+    database: str, tmp_path: Path
+) -> None:
+    result = up(
+        database, tmp_path, region="ams3", size="s-2vcpu-2gb", image="debian-12-x64", vpcUuid=""
     )
-    droplet = unwrap(one(run_program(TestEngine(config)), DROPLET).inputs)
+    droplet = unwrap(one(result, DROPLET).inputs)
 
     assert (droplet["region"], droplet["size"], droplet["image"]) == (
         "ams3",
@@ -114,7 +132,7 @@ def test_droplet_takes_region_size_image_and_extras_from_config(database: str) -
     assert droplet["monitoring"] is True
 
 
-def test_user_data_carries_exactly_the_generated_id_and_key(deployed: TestEngine) -> None:
+def test_user_data_carries_exactly_the_generated_id_and_key(deployed: Result) -> None:
     user_data = unwrap(one(deployed, DROPLET).inputs["userData"])
     agent_id = one(deployed, UUID_T).outputs["result"]
     key = unwrap(one(deployed, BYTES_T).outputs["hex"])
@@ -126,8 +144,8 @@ def test_user_data_carries_exactly_the_generated_id_and_key(deployed: TestEngine
     ]
 
 
-def test_component_registers_its_outputs(deployed: TestEngine, database: str) -> None:
-    (outputs,) = [v for k, v in deployed.registered_outputs.items() if k.endswith("agent-server")]
+def test_component_registers_its_outputs(deployed: Result, database: str) -> None:
+    (outputs,) = [v for k, v in deployed.component_outputs.items() if k.endswith("agent-server")]
     (server,) = rows(database, "servers")
 
     assert outputs == {
@@ -152,7 +170,7 @@ def _plain_places(value: Any, path: str = "") -> list[tuple[str, str]]:
     return [(path, str(value))]
 
 
-def test_secrets_travel_only_inside_secret_values(deployed: TestEngine) -> None:
+def test_secrets_travel_only_inside_secret_values(deployed: Result) -> None:
     key = unwrap(one(deployed, BYTES_T).outputs["hex"])
     key_b64 = base64.b64encode(bytes.fromhex(key)).decode()
     secrets = {"agent key": key, "agent key b64": key_b64, "github token": GITHUB_TOKEN}
@@ -172,7 +190,7 @@ def test_secrets_travel_only_inside_secret_values(deployed: TestEngine) -> None:
     assert leaks == []
 
 
-def test_database_password_appears_nowhere(deployed: TestEngine) -> None:
+def test_database_password_appears_nowhere(deployed: Result) -> None:
     seen = []
     for reg in deployed.registrations:
         everything = str(unwrap(reg.inputs)) + str(unwrap(reg.outputs)) + reg.id
@@ -209,23 +227,24 @@ def test_database_password_appears_nowhere(deployed: TestEngine) -> None:
     ],
 )
 def test_a_bad_field_stops_the_program_before_any_resource(
-    database: str, key: str, value: Any
+    database: str, tmp_path: Path, key: str, value: Any
 ) -> None:
-    engine = TestEngine(dev_config(database, **{key: value}))
+    engine = Engine(tmp_path)
 
-    with pytest.raises(Exception, match=rf"invalid configuration.*\n  - {key}(\[0\])?: "):
-        run_program(engine)
+    with pytest.raises(EngineError, match=rf"invalid configuration.*\n  - {key}(\[0\])?: "):
+        engine.up("dev", dev_config(database, **{key: value}))
 
-    assert engine.registrations == []
+    # The stack resource exists before the program runs; nothing else was registered.
+    assert [r["type"] for r in engine.export("dev")["resources"]] == ["pulumi:pulumi:Stack"]
     assert rows(database, "agents") == []
 
 
-def test_boot_script_changes_do_not_replace_droplets_unless_opted_in(database: str) -> None:
-    default = one(run_program(TestEngine(dev_config(database))), DROPLET)
+def test_boot_script_changes_do_not_replace_droplets_unless_opted_in(
+    database: str, tmp_path: Path
+) -> None:
+    default = one(up(database, tmp_path / "a"), DROPLET)
     opted = one(
-        run_program(
-            TestEngine(dev_config(database, serverName="other-1", replaceOnBootScriptChange=True))
-        ),
+        up(database, tmp_path / "b", serverName="other-1", replaceOnBootScriptChange=True),
         DROPLET,
     )
 

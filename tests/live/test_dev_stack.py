@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.engine import ROOT
+from standin.engine import ROOT
 
 pytestmark = pytest.mark.live
 

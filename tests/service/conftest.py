@@ -20,8 +20,8 @@ from psycopg import sql
 from service.app import create_app
 from service.migrate import migrate
 from service.settings import Settings, load_settings
+from standin.engine import ROOT
 from standin.pg import PgServer
-from tests.engine import ROOT
 
 SERVICE_TEMPLATE = "citrus_service_template"
 TOKEN = "test-admin-token-0123456789abcdef"

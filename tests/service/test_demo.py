@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from standin.engine import ROOT
 from standin.pg import free_port
-from tests.engine import ROOT
 
 AUTH = {"Authorization": "Bearer dev"}
 

@@ -17,7 +17,7 @@ from db.__main__ import migrate
 from service import stale, tasks
 from service.pool import open_pool
 from service.worker import remediate
-from tests.engine import ROOT
+from standin.engine import ROOT
 from tests.service.conftest import AUTH, make_settings, rows, service_env
 
 TIMEOUT = 600.0
