@@ -77,7 +77,7 @@ FROM deployments WHERE server_name = %(server_name)s AND state IN ('queued', 'ru
 -- name: select_last_finished_deployment
 SELECT id, server_name, kind, state, config, outputs, error, right(output, %(tail)s) AS output_tail,
        job_id, attempts, created_at, started_at, updated_at, finished_at
-FROM deployments WHERE server_name = %(server_name)s AND state IN ('succeeded', 'failed')
+FROM deployments WHERE server_name = %(server_name)s AND state IN ('succeeded', 'failed', 'needs_operator')
 ORDER BY id DESC LIMIT 1;
 
 -- name: select_last_up_outputs
@@ -133,6 +133,12 @@ WHERE id = %(id)s AND state = 'running';
 
 -- name: fail_deployment
 UPDATE deployments SET state = 'failed', error = %(error)s, finished_at = now(), updated_at = now()
+WHERE id = %(id)s AND state IN ('queued', 'running')
+RETURNING server_name;
+
+-- name: needs_operator_deployment
+-- A killed update left its stack locked or with pending operations: not retried, not remediated.
+UPDATE deployments SET state = 'needs_operator', error = %(error)s, finished_at = now(), updated_at = now()
 WHERE id = %(id)s AND state IN ('queued', 'running')
 RETURNING server_name;
 

@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     kind        text        NOT NULL CONSTRAINT deployments_kind_known CHECK (kind IN ('up', 'destroy')),
     state       text        NOT NULL DEFAULT 'queued'
                             CONSTRAINT deployments_state_known
-                            CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+                            CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'needs_operator')),
     config      jsonb       NOT NULL DEFAULT '{}',
     outputs     jsonb,
     error       text,
@@ -95,6 +95,22 @@ CREATE TABLE IF NOT EXISTS deployments (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
 );
+
+-- 'needs_operator': a killed update left the stack locked or with pending operations; `error`
+-- says what to run. Databases made before that state existed get the wider constraint here.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_constraint
+        WHERE conname = 'deployments_state_known'
+          AND pg_get_constraintdef(oid) LIKE '%needs_operator%'
+    ) THEN
+        ALTER TABLE deployments DROP CONSTRAINT IF EXISTS deployments_state_known;
+        ALTER TABLE deployments ADD CONSTRAINT deployments_state_known
+            CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'needs_operator'));
+    END IF;
+END
+$$;
 
 -- At most one queued or running deployment per server name: what makes a second POST a 409.
 CREATE UNIQUE INDEX IF NOT EXISTS deployments_one_active

@@ -48,11 +48,17 @@ async def run_in_child(
     config: StackConfig,
     options: Mapping[str, Any],
     on_output: Callable[[str], Awaitable[None]],
+    *,
+    on_killed: Callable[[DeployError], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Runs one `up`/`destroy` in `python -m service.child`; returns the outputs.
 
-    Raises DeployError; a child that dies without a result (killed, out of memory) is a
-    transient error. Cancelling this coroutine kills the child's whole process group.
+    Raises DeployError. Cancelling this coroutine stops the child as Pulumi's CLI expects to be
+    stopped: SIGTERM, so it finishes its in-flight steps, saves its checkpoint and releases the
+    stack's lock; SIGKILL to its whole process group only after `options["stop_grace"]`
+    seconds. A child that had to be killed, or died without a result, may have left the lock
+    and pending operations: that is a DeployError with repair steps (never retried), handed to
+    `on_killed` when the coroutine was cancelled.
     """
     request = {
         "kind": kind,
@@ -60,6 +66,7 @@ async def run_in_child(
         "config": {k: [v.value, v.secret] for k, v in config.items()},
         "options": dict(options),
     }
+    grace = float(options.get("stop_grace", DEFAULT_STOP_GRACE))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -74,55 +81,113 @@ async def run_in_child(
     )
     assert proc.stdin is not None
     assert proc.stdout is not None
-    result: dict[str, Any] | None = None
+    results: list[dict[str, Any]] = []
+
+    async def read(stdout: asyncio.StreamReader) -> None:
+        async for raw in stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith(RESULT_MARK):
+                results.append(json.loads(line[1:]))
+            else:
+                await on_output(line)
+
+    reader = asyncio.ensure_future(read(proc.stdout))
     try:
         proc.stdin.write(json.dumps(request).encode())
         await proc.stdin.drain()
         proc.stdin.close()
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            if line.startswith(RESULT_MARK):
-                result = json.loads(line[1:])
-            else:
-                await on_output(line)
+        await asyncio.shield(reader)
         code = await proc.wait()
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        if await _stop(proc, reader, grace):
+            killed = _killed_error(stack, f"killed after {grace:g}s of SIGTERM")
+            if on_killed is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(on_killed(killed))
         raise
-    if result is None:
-        raise DeployError(
-            f"the deployer process exited with code {code} without a result", transient=True
-        )
+    if not results:
+        raise _killed_error(stack, f"exited with code {code} without a result")
+    result = results[-1]
     if not result["ok"]:
-        raise DeployError(str(result["error"]), transient=bool(result["transient"]))
+        raise DeployError(
+            str(result["error"]),
+            transient=bool(result["transient"]),
+            repair=result.get("repair"),
+        )
     outputs: dict[str, Any] = result["outputs"]
     return outputs
 
 
-def _watch_parent() -> None:
-    """Kills this process group when the worker that started it dies (e.g. SIGKILL).
+DEFAULT_STOP_GRACE = 60.0
 
-    Without it a deployment would go on after its worker is gone, while the job is retried.
-    """
+
+def _killed_error(stack: str, how: str) -> DeployError:
+    from service.repair import repair_steps
+
+    return DeployError(
+        f"the deployer process {how}: the stack may be locked and hold pending operations",
+        repair=repair_steps(stack, [{"type": "creating"}]),
+    )
+
+
+async def _stop(proc: Any, reader: asyncio.Future[None], grace: float) -> bool:
+    """SIGTERM, then SIGKILL to the group after `grace` s; True when it had to kill. The
+    output keeps being read meanwhile (a child blocked on a full pipe would never end)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(reader, 5)
+        return False
+    except BaseException:  # the grace ran out, or we were cancelled again meanwhile
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        reader.cancel()
+        return True
+
+
+def _on_stop_request(stop: Callable[[], None], grace: float) -> None:
+    """SIGTERM, or the worker's death: stop the deployment as the CLI stops (gracefully), and
+    kill this process group if that has not ended it within `grace` seconds."""
+    state = {"asked": False}
     parent = os.getppid()
 
+    def request() -> None:
+        if state["asked"]:
+            return
+        state["asked"] = True
+        stop()
+
+        def deadline() -> None:
+            time.sleep(grace)
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+        threading.Thread(target=deadline, daemon=True, name="stop-deadline").start()
+
+    signal.signal(signal.SIGTERM, lambda *_: request())
+
     def watch() -> None:
+        # Without it a deployment would go on after its worker is gone, while the job is retried.
         while True:
             time.sleep(0.5)
             if os.getppid() != parent:
-                os.killpg(os.getpgid(0), signal.SIGKILL)
+                request()
+                return
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _child_main() -> int:
-    _watch_parent()
     request = json.loads(sys.stdin.read())
     config = {k: StackValue(v, bool(s)) for k, (v, s) in request["config"].items()}
+    options = request["options"]
+    deployer = make_deployer(options)
+    _on_stop_request(deployer.cancel, float(options.get("stop_grace", DEFAULT_STOP_GRACE)))
 
-    printing = threading.Lock()  # the test engine's mocks print from several threads
+    printing = threading.Lock()  # the engine stand-in's steps print from several threads
 
     def emit(line: str) -> None:
         text = "".join(
@@ -133,7 +198,6 @@ def _child_main() -> int:
             sys.stdout.flush()
 
     try:
-        deployer = make_deployer(request["options"])
         if request["kind"] == "up":
             outputs = deployer.up(request["stack"], config, emit)
         else:
@@ -141,7 +205,7 @@ def _child_main() -> int:
             outputs = {}
         result: dict[str, Any] = {"ok": True, "outputs": outputs}
     except DeployError as exc:
-        result = {"ok": False, "error": str(exc), "transient": exc.transient}
+        result = {"ok": False, "error": str(exc), "transient": exc.transient, "repair": exc.repair}
     except Exception as exc:  # anything else: reported, not a traceback with values in it
         message = f"{type(exc).__name__}: {last_lines(str(exc), 5)}"
         result = {"ok": False, "error": message, "transient": False}

@@ -56,6 +56,11 @@ class Deployer(Protocol):
         """Destroys the stack's resources and removes the stack; a missing stack is done."""
         ...
 
+    def cancel(self) -> None:
+        """Called from a signal handler: stop the running operation the way Pulumi's CLI stops
+        on SIGTERM (in-flight steps finish, the checkpoint is saved, the lock released)."""
+        ...
+
 
 # Messages of the CLI that mean "try again later", not "the program or its config is wrong".
 _TRANSIENT_HINTS = (

@@ -32,7 +32,7 @@ from db import queries
 log = logging.getLogger("citrus.deployments")
 
 ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed")
+FINISHED = ("succeeded", "failed", "needs_operator")
 _GENERATED_NAME_TRIES = 50
 
 
@@ -342,6 +342,14 @@ async def fail(pool: AsyncConnectionPool[Any], deployment_id: int, error: str) -
         row = await _one(conn, "fail_deployment", {"id": deployment_id, "error": error})
         if row is not None:
             await conn.execute(queries.load()["fail_server"], {"server_name": row["server_name"]})
+
+
+async def needs_operator(
+    pool: AsyncConnectionPool[Any], deployment_id: int, error: str, repair: str
+) -> None:
+    """A killed update left the stack half done: the record says what to run; no retry."""
+    text = f"{error}\nTo repair, an operator runs:\n{repair}"
+    await _execute(pool, "needs_operator_deployment", {"id": deployment_id, "error": text})
 
 
 async def requeue(

@@ -171,6 +171,12 @@ class DeploymentRunner:
         }
         options = self.settings.deployer_options()
         recorder = OutputRecorder(self.pool, dep.id, self.redact)
+
+        async def killed(exc: DeployError) -> None:  # the worker stopped us past the grace
+            await deployments.needs_operator(
+                self.pool, dep.id, self.redact(str(exc)), self.redact(exc.repair or "")
+            )
+
         try:
             async with recorder:
                 await recorder.line(
@@ -182,11 +188,11 @@ class DeploymentRunner:
                     slots = self.settings.droplet_creation_slots
                     async with droplet_slot(conninfo, slots, recorder.line):
                         outputs = await run_in_child(
-                            kind, dep.server_name, config, options, recorder.line
+                            kind, dep.server_name, config, options, recorder.line, on_killed=killed
                         )
                 else:
                     outputs = await run_in_child(
-                        kind, dep.server_name, config, options, recorder.line
+                        kind, dep.server_name, config, options, recorder.line, on_killed=killed
                     )
         except DeployError as exc:
             await self._failed(dep, job, exc)
@@ -205,6 +211,16 @@ class DeploymentRunner:
 
     async def _failed(self, dep: deployments.Deployment, job: Job, exc: DeployError) -> None:
         error = self.redact(str(exc))
+        if exc.repair is not None:
+            await deployments.needs_operator(self.pool, dep.id, error, self.redact(exc.repair))
+            log.error(
+                "deployment %s (%s of %s) needs an operator: %s",
+                dep.id,
+                dep.kind,
+                dep.server_name,
+                error,
+            )
+            raise tasks.DeploymentFailed(error)
         policy = tasks.RETRY
         if exc.transient and job.attempts + 1 < policy.max_attempts:
             delay = policy.base_seconds * 2**job.attempts

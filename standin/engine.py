@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+from google.protobuf import empty_pb2
 from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.proto import resource_pb2
 
@@ -307,10 +308,12 @@ class Engine:
 class _NoMocks(pulumi.runtime.Mocks):
     """The mock runtime wants a Mocks; `_Monitor` answers every registration itself."""
 
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+    def new_resource(
+        self, args: pulumi.runtime.MockResourceArgs
+    ) -> tuple[str | None, dict[str, Any]]:
         raise AssertionError("registrations are answered by the engine stand-in")
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any] | None]:
         raise EngineError(f"the program is not expected to invoke {args.token}")
 
 
@@ -328,7 +331,7 @@ class _Monitor(mocks.MockMonitor):
 
     def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802
         self.op.register_outputs(request.urn, request.outputs)
-        return super().RegisterResourceOutputs(request)
+        return empty_pb2.Empty()
 
 
 class _Operation:
@@ -402,15 +405,18 @@ class _Operation:
     @contextlib.contextmanager
     def _pending(self, kind: str, res: Resource) -> Iterator[None]:
         """Records the operation in the checkpoint while the provider works on it, as the
-        engine does: a process killed meanwhile leaves it there."""
+        engine does: only a process killed meanwhile leaves it there."""
         if self.preview:
             yield
             return
         entry = {"resource": asdict(res), "type": kind}
         self.pending.append(entry)
         self.save()
-        yield
-        self.pending.remove(entry)
+        try:
+            yield
+        finally:  # done, or failed with the provider's answer: either way no longer pending
+            self.pending.remove(entry)
+            self.save()
 
     # -- providers -----------------------------------------------------------------------------
 
@@ -450,15 +456,12 @@ class _Operation:
 
     def _step(self, op: str, urn: str) -> None:
         self.result.steps.append(Step(op, urn))
-        marks = {
-            "create": "+ ",
-            "update": "~ ",
-            "replace": "+-",
-            "delete": "- ",
-            "delete-replaced": "--",
-        }
-        mark = marks.get(op, "  ")
-        self.say(f" {mark} {Step(op, urn).type} {urn.rsplit('::', 1)[-1]} {op}")
+        marks = {"create": "+ ", "update": "~ ", "replace": "+-", "delete": "- "}
+        done = {"create": "created", "update": "updated", "replace": "replaced"}
+        done |= {"delete": "deleted", "delete-replaced": "deleted (replaced)", "same": "unchanged"}
+        word = op if self.preview else done.get(op, op)
+        mark = marks.get(op, "- " if op == "delete-replaced" else "= ")
+        self.say(f" {mark} {Step(op, urn).type} {urn.rsplit('::', 1)[-1]} {word}")
 
     def register(self, urn: str, request: Any) -> tuple[str, Props]:
         with self._lock:
@@ -488,6 +491,8 @@ class _Operation:
         self.result.registrations.append(reg)
         self.registered.add(urn)
         old = self.old.get(urn)
+        if self.mode == "destroy-program" and (not custom or typ == STACK_TYPE):
+            return "", {}
         if not custom or typ == STACK_TYPE:
             reg.op = "same" if old else "create"
             res = Resource(urn, typ, custom=False, parent=request.parent)
@@ -565,14 +570,13 @@ class _Operation:
         if typ.startswith(PROVIDER_PREFIX):
             id_ = old.id if old is not None else ("" if self.preview else os.urandom(16).hex())
             return id_, dict(news)
-        if self.engine.step_delay and not self.preview:
-            time.sleep(self.engine.step_delay)
         prov = self.provider_for(typ, provider_ref)
         if op == "update":
             assert old is not None
             if self.preview:  # no Update in a preview; a provider without preview: the inputs
                 return old.id, dict(news) if dynamic else {**old.outputs, **news}
             with self._pending("updating", old):
+                self._slow_provider()
                 outs = prov.update(
                     urn, old.id, reveal(old.outputs), reveal(news), reveal(old.inputs)
                 )
@@ -585,8 +589,14 @@ class _Operation:
             return created
         planned = Resource(urn, typ, custom=True, inputs=news, provider=provider_ref)
         with self._pending("creating", planned):
+            self._slow_provider()
             id_, outs = prov.create(urn, reveal(news))
         return id_, outs
+
+    def _slow_provider(self) -> None:
+        """`step_delay`: a provider call that takes time, as creating a droplet does."""
+        if self.engine.step_delay:
+            time.sleep(self.engine.step_delay)
 
     def _answer_from_state(
         self, reg: Registration, urn: str, news: Props, old: Resource | None
@@ -615,9 +625,8 @@ class _Operation:
         self._go_on()
         if res.custom and not res.type.startswith(PROVIDER_PREFIX) and not self.preview:
             prov = self.provider_for(res.type, res.provider)
-            if self.engine.step_delay:
-                time.sleep(self.engine.step_delay)
             with self._pending("deleting", res):
+                self._slow_provider()
                 try:
                     prov.delete(res.urn, res.id, reveal(res.outputs), reveal(res.inputs))
                 except ProviderError as exc:

@@ -65,7 +65,7 @@ def own_pg() -> Iterator[PgServer]:
 
 
 def service_env(database: str, state_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a web or worker process running the test engine."""
+    """The environment of a web or worker process running the engine stand-in."""
     return {
         "DATABASE_URL": database,
         "ADMIN_TOKEN": TOKEN,

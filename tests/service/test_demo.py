@@ -1,5 +1,5 @@
 """The README's newcomer path, as a newcomer runs it: `python -m service demo`, a POST, a GET,
-the stale check flipping the row. Real processes, real PostgreSQL; the test engine stands in for
+the stale check flipping the row. Real processes, real PostgreSQL; the engine stand-in stands in for
 the Pulumi engine and DigitalOcean."""
 
 from __future__ import annotations

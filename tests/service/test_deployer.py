@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.automation import describe_event
 from service.child import run_in_child
 from service.deployer import DeployError, StackValue, looks_transient
-from tests.service.conftest import make_settings
+from standin.engine import Engine
+from tests.service.conftest import make_settings, rows
 
 
 def test_a_child_that_fails_reports_the_program_error(tmp_path: Path) -> None:
@@ -64,7 +66,7 @@ def test_engine_events_become_lines() -> None:
 
 
 def test_each_engine_step_is_a_line_of_its_own(service_db: str, tmp_path: Path) -> None:
-    """The test engine registers resources from several threads; their lines must not mix."""
+    """The engine stand-in registers resources from several threads; their lines must not mix."""
     settings = make_settings(service_db, tmp_path)
     config = {
         key: StackValue(value, secret)
@@ -80,5 +82,103 @@ def test_each_engine_step_is_a_line_of_its_own(service_db: str, tmp_path: Path) 
         asyncio.run(run_in_child("destroy", "lines-1", config, settings.deployer_options(), record))
 
     steps = [line for line in lines if line.startswith((" +  ", " -  "))]
-    assert len(steps) == 5 * (2 * 7 + 7), lines
+    assert len(steps) == 5 * (8 + 8), lines  # 8 resources created, then 8 deleted, 5 times
     assert [line for line in lines if not line.strip() or line.count("  ") > 1] == []
+
+
+def _start_up(
+    settings_options: dict[str, Any], config: dict[str, StackValue], lines: list[str]
+) -> asyncio.Task[dict[str, Any]]:
+    async def record(line: str) -> None:
+        lines.append(line)
+
+    return asyncio.ensure_future(run_in_child("up", "stop-1", config, settings_options, record))
+
+
+async def _when(lines: list[str], text: str) -> None:
+    while not any(text in line for line in lines):
+        await asyncio.sleep(0.05)
+
+
+def _stand_in(tmp_path: Path) -> Engine:
+    return Engine(tmp_path / "test-engine")
+
+
+def test_a_stopped_deployment_finishes_its_step_and_releases_the_stack(
+    service_db: str, tmp_path: Path
+) -> None:
+    """SIGTERM, as the CLI expects: the step in flight completes, nothing is left pending."""
+    settings = make_settings(service_db, tmp_path, CITRUS_TEST_ENGINE_STEP_DELAY="0.4")
+    config = _config(settings, "stop-1")
+    options = {**settings.deployer_options(), "stop_grace": 30}
+    lines: list[str] = []
+
+    async def stop_then_deploy_again() -> dict[str, Any]:
+        task = _start_up(options, config, lines)
+        await _when(lines, "RandomBytes agent-server-agent-key created")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await run_in_child("up", "stop-1", config, options, _ignore)
+
+    outputs = asyncio.run(stop_then_deploy_again())
+
+    checkpoint = _stand_in(tmp_path).export("stop-1")
+    assert checkpoint["pending_operations"] == []
+    assert not _stand_in(tmp_path).locked("stop-1")
+    assert outputs["serverName"] == "stop-1"
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(1,)]
+
+
+def test_a_deployment_killed_after_its_grace_needs_an_operator(
+    service_db: str, tmp_path: Path
+) -> None:
+    """Past the grace the child is killed: its pending create and lock stay, and the next `up`
+    refuses (it would create a second droplet) and says what to run."""
+    settings = make_settings(service_db, tmp_path, CITRUS_TEST_ENGINE_STEP_DELAY="3")
+    config = _config(settings, "stop-1")
+    options = {**settings.deployer_options(), "stop_grace": 0.5}
+    lines: list[str] = []
+    killed: list[DeployError] = []
+
+    async def record_kill(exc: DeployError) -> None:
+        killed.append(exc)
+
+    async def kill_then_deploy_again() -> None:
+        async def record(line: str) -> None:
+            lines.append(line)
+
+        task = asyncio.ensure_future(
+            run_in_child("up", "stop-1", config, options, record, on_killed=record_kill)
+        )
+        await _when(lines, "Updating (stop-1)")
+        await asyncio.sleep(0.5)  # inside the first slow create
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(DeployError) as again:
+            await run_in_child("up", "stop-1", config, options, _ignore)
+        killed.append(again.value)
+
+    asyncio.run(kill_then_deploy_again())
+
+    (on_kill, refused) = killed
+    assert on_kill.repair is not None
+    assert "pulumi cancel --stack stop-1" in on_kill.repair
+    assert "pending operation" in str(refused)
+    assert refused.repair is not None
+    assert "--clear-pending-creates" in refused.repair
+    assert refused.transient is False
+    assert _stand_in(tmp_path).export("stop-1")["pending_operations"] != []
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(0,)]
+
+
+async def _ignore(line: str) -> None:
+    return None
+
+
+def _config(settings: Any, name: str) -> dict[str, StackValue]:
+    return {
+        key: StackValue(value, secret)
+        for key, (value, secret) in settings.stack_config({"serverName": name}).items()
+    }

@@ -1,6 +1,6 @@
 """Queue and workers for real: HTTP -> queue -> worker process -> program -> rows.
 
-Workers are `python -m service worker` processes running the test engine (the stand-in for the
+Workers are `python -m service worker` processes running the engine stand-in (the stand-in for the
 Pulumi engine and DigitalOcean); everything else, PostgreSQL included, is real.
 """
 

@@ -1,6 +1,6 @@
 """The worker's output recorder against the test PostgreSQL: no line of output goes missing.
 
-A destroy with the test engine takes a few milliseconds, so the recorder's last periodic flush
+A destroy with the engine stand-in takes a few milliseconds, so the recorder's last periodic flush
 is often still in flight when the deployment ends; CI once showed a finished destroy with an
 empty output. These tests hold that race open on purpose.
 """
