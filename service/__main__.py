@@ -41,6 +41,10 @@ def cmd_worker(_: argparse.Namespace) -> int:
     settings = _settings()
     settings.check_stack_config()
     settings.check_deployer()
+    if settings.deployer == "automation":  # before any job: see install_pinned_plugins
+        from service.automation import install_pinned_plugins
+
+        install_pinned_plugins()
     asyncio.run(run_worker(settings))
     return 0
 
@@ -50,6 +54,10 @@ def cmd_all(_: argparse.Namespace) -> int:
     settings = _settings()  # fail here, once, on bad settings
     settings.check_stack_config()
     settings.check_deployer()
+    if settings.deployer == "automation":  # and here on a missing plugin (the worker's is a no-op)
+        from service.automation import install_pinned_plugins
+
+        install_pinned_plugins()
     children = [
         subprocess.Popen([sys.executable, "-m", "service", "web"]),
         subprocess.Popen([sys.executable, "-m", "service", "worker"]),
@@ -83,7 +91,7 @@ def cmd_all(_: argparse.Namespace) -> int:
 
 
 DEMO_ENV = {
-    # The demo runs the real program under the test engine: DigitalOcean and the hub are not
+    # The demo runs the real program under the engine stand-in: DigitalOcean and the hub are not
     # contacted, so these placeholders never leave the machine.
     "ADMIN_TOKEN": "dev",
     "CITRUS_ENV": "development",
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="a queue worker").set_defaults(func=cmd_worker)
     sub.add_parser("all", help="web + worker on this machine").set_defaults(func=cmd_all)
     sub.add_parser(
-        "demo", help="web + worker + a throwaway PostgreSQL, deploying through the test engine"
+        "demo", help="web + worker + a throwaway PostgreSQL, deploying through the engine stand-in"
     ).set_defaults(func=cmd_demo)
     stale_cmd = sub.add_parser("stale-check", help="run the stale-agent check once")
     stale_cmd.add_argument("--timeout", type=float, help="seconds (default AGENT_CONNECT_TIMEOUT)")

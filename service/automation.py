@@ -1,16 +1,27 @@
 """The real deployer: the Pulumi Automation API on the project directory (`work_dir` = root).
 
 Runs inside the deployment's child process (service.child); the Pulumi CLI does the work.
+Also installs the resource plugins a worker needs before it takes a job
+(`python -m service.automation`, run by install_pinned_plugins).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from citrus.errors import CitrusError
 from service.deployer import (
     ROOT,
     DeployError,
@@ -19,6 +30,14 @@ from service.deployer import (
     last_lines,
     looks_transient,
 )
+from service.repair import pending_operations_error, repair_steps
+
+log = logging.getLogger("citrus.automation")
+
+# The program's resource plugins, by the Python package that pins each one's version.
+PLUGIN_PACKAGES = ("pulumi_digitalocean", "pulumi_random")
+# A first install downloads both plugins (tens of MB); past this the worker gives up, saying so.
+PLUGIN_INSTALL_TIMEOUT = 900.0
 
 
 def _secret_env_names() -> dict[str, str]:
@@ -111,14 +130,30 @@ class AutomationDeployer:
             env_vars={**self.env, **secrets_env}, secrets_provider="passphrase"
         )
 
+    def cancel(self) -> None:
+        """SIGTERM to the `pulumi` CLI this process runs (not to its plugins: the CLI finishes
+        its in-flight steps, saves the checkpoint and releases the lock, then exits)."""
+        for pid in _child_pids(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    @staticmethod
+    def _refuse_pending(ws_stack: Any, stack: str) -> None:
+        """A killed update's pending operations: an `up` now would only warn and create again."""
+        deployment = ws_stack.export_stack().deployment or {}
+        pending = deployment.get("pending_operations") or []
+        if pending:
+            raise pending_operations_error(stack, pending)
+
     def up(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:
         from pulumi import automation as auto
 
         plain, secrets_env = self._split(config)
         work_dir, opts = str(self.work_dir), self._options(secrets_env)
-        with _translated():
+        with _translated(stack):
             try:
                 ws_stack = auto.select_stack(stack_name=stack, work_dir=work_dir, opts=opts)
+                self._refuse_pending(ws_stack, stack)
             except auto.StackNotFoundError:
                 self._refuse_foreign_settings(stack)
                 ws_stack = auto.create_stack(stack_name=stack, work_dir=work_dir, opts=opts)
@@ -130,7 +165,7 @@ class AutomationDeployer:
         from pulumi import automation as auto
 
         plain, secrets_env = self._split(config)
-        with _translated():
+        with _translated(stack):
             try:
                 ws_stack = auto.select_stack(
                     stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
@@ -138,23 +173,45 @@ class AutomationDeployer:
             except auto.StackNotFoundError:
                 on_output(f"stack {stack} does not exist: nothing to destroy")
                 return
+            self._refuse_pending(ws_stack, stack)
             self._configure(ws_stack, config, plain)
-            ws_stack.destroy(on_output=on_output, on_event=_event_printer(on_output))
+            # Run the program: without it the engine deletes through the explicit DigitalOcean
+            # provider's inputs stored in state, i.e. the token of the last `up`, which fails
+            # once that token is rotated (pulumi/pulumi#4981, #18740).
+            ws_stack.destroy(
+                on_output=on_output, on_event=_event_printer(on_output), run_program=True
+            )
             ws_stack.workspace.remove_stack(stack)
 
 
+def _child_pids(parent: int) -> list[int]:
+    """The direct children of `parent` (Linux /proc): the CLI the Automation API started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
 @contextlib.contextmanager
-def _translated() -> Any:
+def _translated(stack: str) -> Any:
     """Automation API errors -> DeployError, with the CLI's own words (it masks secrets)."""
     from pulumi import automation as auto
 
     try:
         yield
     except auto.ConcurrentUpdateError as exc:
+        # The queue runs one operation per stack at a time: the lock is not another deployment's
+        # but a killed update's (or someone's running pulumi by hand). Retrying would only
+        # spend every attempt on it.
         raise DeployError(
-            "the stack is locked by another update (if none runs, a crashed update left the "
-            f"lock: `pulumi cancel`): {last_lines(str(exc))}",
-            transient=True,
+            "the stack is locked, and no deployment of the service holds the lock: a killed "
+            f"update left it, or someone runs pulumi on it by hand: {last_lines(str(exc))}",
+            repair=repair_steps(stack),
         ) from None
     except auto.CommandError as exc:
         text = last_lines(str(exc))
@@ -185,3 +242,128 @@ def describe_event(event: Any) -> str | None:
     if summary is not None:
         return f"[event] summary: {dict(summary.resource_changes)} in {summary.duration_seconds}s"
     return None
+
+
+# -- resource plugins, installed when a worker starts ----------------------------------------
+
+
+class PluginInstallError(CitrusError):
+    """A resource plugin could not be installed: the worker must not start without it."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str  # "digitalocean"
+    version: str  # "4.84.1", without the CLI's "v"
+    package: str  # the Python package that pins it: "pulumi_digitalocean"
+
+
+def pinned_plugins(packages: Sequence[str] = PLUGIN_PACKAGES) -> list[Plugin]:
+    """Each package's resource plugin at the version the installed package pins.
+
+    A pulumi_<name> package ships `pulumi-plugin.json` ({"resource": true, "name", "version"}),
+    which the Python language host reads to tell the engine which plugin to load; without it,
+    the plugin is <name> at the distribution's own version, the one its resources ask for.
+    """
+    found = []
+    for package in packages:
+        try:
+            pinned = json.loads((resources.files(package) / "pulumi-plugin.json").read_text())
+            name, version = str(pinned["name"]), str(pinned["version"])
+        except (ModuleNotFoundError, FileNotFoundError, KeyError, ValueError):
+            name = package.removeprefix("pulumi_")
+            try:
+                version = metadata.version(package.replace("_", "-"))
+            except metadata.PackageNotFoundError:
+                raise PluginInstallError(
+                    f"the Python package {package} is not installed, and the program needs it "
+                    "(pip install -r requirements.txt)"
+                ) from None
+        found.append(Plugin(name=name, version=version.removeprefix("v"), package=package))
+    return found
+
+
+def install_pinned_plugins(timeout: float = PLUGIN_INSTALL_TIMEOUT) -> list[Plugin]:
+    """Installs the pinned plugins before a worker takes a job; raises PluginInstallError.
+
+    The first `up` under a PULUMI_HOME would otherwise download them, and a worker that cannot
+    (offline, proxy) would fail every deployment as if the deployment were at fault. The CLI
+    runs in `python -m service.automation`, whose environment lacks the worker's own secrets
+    (service.child.WORKER_ONLY_ENV) as a deployment's does; PULUMI_HOME and proxies pass.
+    """
+    from service.child import WORKER_ONLY_ENV
+
+    plugins = pinned_plugins()
+    env = {name: value for name, value in os.environ.items() if name not in WORKER_ONLY_ENV}
+    command = [sys.executable, "-m", "service.automation"]
+    command += [f"{plugin.name}={plugin.version}={plugin.package}" for plugin in plugins]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise PluginInstallError(
+            f"installing the Pulumi resource plugins ({_listed(plugins)}) took more than "
+            f"{timeout:.0f}s; the worker does not start without them"
+        ) from None
+    if done.returncode != 0:
+        raise PluginInstallError(
+            last_lines(done.stderr, 8) or f"the plugin installer exited with {done.returncode}"
+        )
+    log.info("resource plugins ready: %s", _listed(plugins))
+    return plugins
+
+
+def install_plugins(plugins: Sequence[Plugin], work_dir: Path = ROOT) -> None:
+    """`pulumi plugin install resource <name> v<version>` for each, through the Automation API.
+
+    The CLI gets this process's environment: call it through install_pinned_plugins.
+    """
+    from pulumi import automation as auto
+
+    try:
+        workspace = auto.LocalWorkspace(
+            work_dir=str(work_dir), env_vars={"PULUMI_SKIP_UPDATE_CHECK": "true"}
+        )
+    except FileNotFoundError:
+        raise PluginInstallError(
+            "no `pulumi` CLI on PATH: a worker with CITRUS_DEPLOYER=automation runs it"
+        ) from None
+    for plugin in plugins:
+        try:
+            workspace.install_plugin(plugin.name, f"v{plugin.version}")
+        except auto.CommandError as exc:
+            # str(exc) is " code: ...\n stdout: ...\n stderr: ...": the error is in stderr.
+            text = str(exc)
+            _, found, stderr = text.partition("\n stderr: ")
+            raise PluginInstallError(
+                f"cannot install the Pulumi resource plugin {plugin.name} v{plugin.version} "
+                f"(the version {plugin.package} pins); the worker does not start without it. "
+                f"The CLI said:\n{last_lines(stderr if found else text, 3)}"
+            ) from None
+
+
+def _listed(plugins: Sequence[Plugin]) -> str:
+    return ", ".join(f"{plugin.name} v{plugin.version}" for plugin in plugins)
+
+
+def _install_main(argv: Sequence[str]) -> int:
+    """`python -m service.automation name=version=package ...`: the plugin installer process."""
+    plugins = [Plugin(*word.split("=", 2)) for word in argv]
+    try:
+        install_plugins(plugins)
+    except PluginInstallError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except Exception as exc:  # reported in one line, not as a traceback
+        print(
+            f"installing the Pulumi resource plugins ({_listed(plugins)}) failed: "
+            f"{type(exc).__name__}: {last_lines(str(exc), 3)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_install_main(sys.argv[1:]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,7 +22,7 @@ PROJECT = "citrus-deploy"
 PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "password", "token", "admin"}
 ADMIN_TOKEN_MIN = 16
 
-# Stand-ins the test engine uses when a real value is not set: it fakes DigitalOcean and never
+# Stand-ins the engine stand-in uses when a real value is not set: it fakes DigitalOcean and never
 # contacts the hub or the agent repository, but the program's rules still want these fields.
 TEST_ENGINE_STAND_INS = {
     "githubToken": "test-engine-github-token",
@@ -30,6 +31,36 @@ TEST_ENGINE_STAND_INS = {
 }
 
 Seconds = Annotated[float, Field(gt=0)]
+
+# The Pulumi CLI keeps state itself (a "DIY backend") only for these URL schemes (postgres://
+# since CLI 3.176); it takes any other URL for the address of a Pulumi Cloud service and tries
+# to log in there. https:// is Pulumi Cloud (or a self-hosted one).
+DIY_BACKEND_SCHEMES = ("file", "s3", "gs", "azblob", "postgres")
+CLOUD_BACKEND_SCHEMES = ("https",)
+
+
+def check_backend_url(url: str) -> None:
+    """Raises ValueError unless the CLI will use `url` as the state backend it names.
+
+    Checked at start (web, worker, all): otherwise a postgresql:// URL would surface only as a
+    failed deployment, the CLI asking to log in to a Pulumi Cloud at the database's host. The
+    message never echoes the URL: a postgres:// one carries the database password.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "postgresql":
+        raise ValueError(
+            "the Pulumi CLI would take this postgresql:// URL for a Pulumi Cloud URL (and try "
+            "to log in to that host): its PostgreSQL state backend (CLI >= 3.176) answers only "
+            "to postgres://. Fix: the same URL with postgres:// in place of postgresql:// "
+            "(postgres://user:password@host:5432/db)"
+        )
+    if scheme not in DIY_BACKEND_SCHEMES + CLOUD_BACKEND_SCHEMES:
+        found = f"the scheme {scheme}://" if scheme else "no scheme"
+        diy = ", ".join(f"{name}://" for name in DIY_BACKEND_SCHEMES)
+        raise ValueError(
+            f"has {found}; the accepted ones are the Pulumi CLI's state backends {diy}, and "
+            "https:// for Pulumi Cloud (unset, it is file://<project directory>/.pulumi)"
+        )
 
 
 class SettingsError(CitrusError):
@@ -81,6 +112,9 @@ class Settings(BaseSettings):
     droplet_creation_slots: int = Field(10, ge=1, le=100, validation_alias="DROPLET_CREATION_SLOTS")
     deploy_max_attempts: int = Field(4, ge=1, le=20, validation_alias="DEPLOY_MAX_ATTEMPTS")
     retry_backoff_seconds: Seconds = Field(5, validation_alias="RETRY_BACKOFF_SECONDS")
+    # A stopped deployment gets SIGTERM (Pulumi finishes its in-flight steps and releases the
+    # stack's lock), and SIGKILL only after this grace.
+    deploy_stop_grace_seconds: Seconds = Field(60, validation_alias="DEPLOY_STOP_GRACE")
     worker_heartbeat_interval: Seconds = Field(10, validation_alias="WORKER_HEARTBEAT_INTERVAL")
     worker_stalled_timeout: Seconds = Field(30, validation_alias="WORKER_STALLED_TIMEOUT")
 
@@ -92,6 +126,12 @@ class Settings(BaseSettings):
     db_timeout_seconds: Seconds = Field(5, validation_alias="CITRUS_DB_TIMEOUT")
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias="CITRUS_DB_POOL_SIZE")
     output_tail_chars: int = Field(4000, ge=0, le=1048576, validation_alias="CITRUS_OUTPUT_TAIL")
+
+    @field_validator("pulumi_backend_url")
+    @classmethod
+    def _backend_url(cls, value: str) -> str:
+        check_backend_url(value)
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -201,6 +241,7 @@ class Settings(BaseSettings):
             "passphrase": passphrase.get_secret_value() if passphrase else None,
             "passphrase_file": str(self.pulumi_config_passphrase_file or "") or None,
             "step_delay": self.test_engine_step_delay,
+            "stop_grace": self.deploy_stop_grace_seconds,
         }
 
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.automation import AutomationDeployer
+from service.automation import AutomationDeployer, install_pinned_plugins
 from service.child import run_in_child
 from service.deployer import ROOT, DeployError, StackValue
+from tests.service import fake_pulumi
 
 GITHUB_TOKEN = "ghp_" + "T" * 36
 DATABASE_URL = "postgresql://citrus:db-password-7f3a@db.internal:5432/citrus"
@@ -47,7 +51,15 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
     monkeypatch.setenv("FAKE_PULUMI_DIR", str(home))
-    for name in ("GITHUB_TOKEN", "DATABASE_URL", "DIGITALOCEAN_TOKEN", "DO_API_TOKEN"):
+    for name in (
+        "GITHUB_TOKEN",
+        "DATABASE_URL",
+        "DIGITALOCEAN_TOKEN",
+        "DO_API_TOKEN",
+        "PULUMI_BACKEND_URL",
+        "PULUMI_HOME",
+        "FAKE_PULUMI_FAIL",
+    ):
         monkeypatch.delenv(name, raising=False)
     return home
 
@@ -84,6 +96,7 @@ def test_up_gives_the_cli_secrets_in_its_environment_never_its_arguments(
         "DO_API_TOKEN": None,
         "PULUMI_BACKEND_URL": f"file://{tmp_path}/state",
         "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
+        "PULUMI_HOME": None,
         "GITHUB_TOKEN": GITHUB_TOKEN,
         "DATABASE_URL": DATABASE_URL,
         "DIGITALOCEAN_TOKEN": DO_TOKEN,
@@ -94,6 +107,60 @@ def test_up_gives_the_cli_secrets_in_its_environment_never_its_arguments(
     assert outputs == {"serverName": "web-1", "dropletId": "412345678"}  # secret ones dropped
     assert "Updating (web-1):" in lines
     assert "[event] summary: {'create': 7} in 3s" in lines
+
+
+def test_engine_events_come_over_grpc_as_from_a_current_cli(cli: Path, tmp_path: Path) -> None:
+    """The stand-in reports the CLI of the installed SDK's release, so the Automation API
+    listens for events as a gRPC server and the stand-in streams them to it, as the CLI does."""
+    lines: list[str] = []
+
+    deployer(tmp_path).up("web-1", CONFIG, lines.append)
+
+    (up,) = [call["words"] for call in calls(cli) if call["words"][0] == "up"]
+    assert up[up.index("--event-log") + 1].startswith("tcp://127.0.0.1:")
+    assert "[event] summary: {'create': 7} in 3s" in lines
+    assert "v" + metadata.version("pulumi") == fake_pulumi.VERSION, (
+        "the stand-in should report the CLI of the installed Automation API: check that it "
+        "still speaks what this release expects, then update its VERSION"
+    )
+
+
+def test_destroy_runs_the_program_with_the_secrets_in_the_environment_only(
+    cli: Path, tmp_path: Path
+) -> None:
+    """Without the program, destroy would use the DigitalOcean token stored in state by the
+    last `up`, which fails once that token is rotated (pulumi/pulumi#4981, #18740)."""
+    service = deployer(tmp_path)
+    service.up("web-1", CONFIG, lambda _line: None)
+    rotated = "dop_v1_" + "r" * 64
+    lines: list[str] = []
+
+    service.destroy(
+        "web-1", {**CONFIG, "digitalocean:token": StackValue(rotated, secret=True)}, lines.append
+    )
+
+    made = calls(cli)
+    for call in made:
+        assert not [s for s in (*SECRETS, rotated) if s in " ".join(call["argv"])], call["argv"]
+    (destroy,) = [call for call in made if call["words"][0] == "destroy"]
+    assert "--run-program=true" in destroy["words"]
+    assert destroy["env"]["DIGITALOCEAN_TOKEN"] == rotated
+    assert destroy["env"]["GITHUB_TOKEN"] == GITHUB_TOKEN
+    assert destroy["env"]["DATABASE_URL"] == DATABASE_URL
+    assert destroy["env"]["PULUMI_CONFIG_PASSPHRASE"] == PASSPHRASE
+    assert "Destroying (web-1):" in lines
+
+
+def test_the_stand_in_refuses_what_it_does_not_know(cli: Path, tmp_path: Path) -> None:
+    """What keeps the stand-in honest: a command or flag a newer Automation API adds fails."""
+    deployer(tmp_path).up("web-1", CONFIG, lambda _line: None)
+
+    for words in (["destroy", "--refresh"], ["destroy", "--run-program=yes"], ["stack", "ls"]):
+        done = subprocess.run(
+            ["pulumi", *words, "--stack", "web-1"], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 2, (words, done.stderr)
+        assert done.stderr.startswith(("error: unknown flag", "error: invalid argument", "fake"))
 
 
 def test_secrets_left_in_the_stack_config_give_way_to_the_services(
@@ -188,15 +255,39 @@ def test_a_new_stack_does_not_adopt_a_config_file_found_in_the_project(
     service.up("web-1", CONFIG, lambda _line: None)  # a name of its own is fine
 
 
-def test_a_locked_stack_is_a_transient_error(
+def test_a_locked_stack_needs_an_operator_not_a_retry(
     cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The queue runs one operation per stack: a lock is a killed update's, and retrying would
+    spend every attempt on it."""
     monkeypatch.setenv("FAKE_PULUMI_FAIL", "up:locked")
 
-    with pytest.raises(DeployError, match="locked by another update") as raised:
+    with pytest.raises(DeployError, match="no deployment of the service holds") as raised:
         deployer(tmp_path).up("web-1", CONFIG, lambda _line: None)
 
-    assert raised.value.transient is True
+    assert raised.value.transient is False
+    assert raised.value.repair is not None
+    assert "pulumi cancel --stack web-1" in raised.value.repair
+
+
+def test_pending_operations_of_a_killed_update_stop_the_next_up(
+    cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pulumi's `up` would only warn and create the droplet a second time."""
+    service = deployer(tmp_path)
+    service.up("web-1", CONFIG, lambda _line: None)
+    droplet = {"urn": "urn:pulumi:web-1::citrus-deploy::digitalocean:index/droplet:Droplet::d"}
+    pending = [
+        {"resource": {**droplet, "type": "digitalocean:index/droplet:Droplet"}, "type": "creating"}
+    ]
+    monkeypatch.setenv("FAKE_PULUMI_PENDING", json.dumps(pending))
+
+    with pytest.raises(DeployError, match="1 pending operation") as raised:
+        service.up("web-1", CONFIG, lambda _line: None)
+
+    assert raised.value.repair is not None
+    assert "--clear-pending-creates" in raised.value.repair
+    assert not [call for call in calls(cli) if call["words"][0] == "up"][1:]
 
 
 def test_destroying_a_stack_that_does_not_exist_is_done(cli: Path, tmp_path: Path) -> None:
@@ -217,3 +308,88 @@ def test_a_secret_with_no_environment_variable_stops_before_the_cli(
         deployer(tmp_path).up("web-1", config, lambda _line: None)
 
     assert calls(cli) == []
+
+
+# -- resource plugins, installed when a worker starts ----------------------------------------
+
+PINNED = {
+    "digitalocean": "v" + metadata.version("pulumi-digitalocean"),
+    "random": "v" + metadata.version("pulumi-random"),
+}
+
+
+def test_a_worker_installs_the_plugins_the_installed_packages_pin(
+    cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's own secrets stay out of the CLI's environment; the operator's PULUMI_HOME
+    (where plugins go) reaches it."""
+    monkeypatch.setenv("ADMIN_TOKEN", "admin-token-of-the-web-0123456789")
+    monkeypatch.setenv("DATABASE_URL", DATABASE_URL)
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "pulumi-home"))
+
+    installed = install_pinned_plugins()
+
+    assert {plugin.name: f"v{plugin.version}" for plugin in installed} == PINNED
+    made = calls(cli)
+    assert [call["words"] for call in made if call["words"][0] == "plugin"] == [
+        ["plugin", "install", "resource", name, version] for name, version in PINNED.items()
+    ]
+    for call in made:
+        assert call["cwd"] == str(ROOT)
+        assert call["env"] == {
+            **dict.fromkeys(fake_pulumi.WATCHED_ENV),
+            "PULUMI_HOME": str(tmp_path / "pulumi-home"),
+        }
+
+
+def service_command(cli: Path, tmp_path: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service <command>` with valid automation settings and no reachable database."""
+    env = {
+        **os.environ,
+        "CITRUS_DEPLOYER": "automation",
+        "DATABASE_URL": "postgresql://citrus@127.0.0.1:1/citrus",
+        "ADMIN_TOKEN": "admin-token-of-the-web-0123456789",
+        "PULUMI_BACKEND_URL": f"file://{tmp_path}/state",
+        "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
+        "GITHUB_TOKEN": GITHUB_TOKEN,
+        "ENGINE_WS_URL": "wss://engine.citrushost.io",
+        "DIGITALOCEAN_TOKEN": DO_TOKEN,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "service", command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["worker", "all"])
+def test_a_worker_that_cannot_install_a_plugin_does_not_start(
+    cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """One message naming the plugin, its version and the CLI's words; no traceback, no job."""
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "plugin:offline")
+
+    done = service_command(cli, tmp_path, command)
+
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.startswith(f"{command}: ")]
+    version = PINNED["digitalocean"]
+    assert lines[start:] == [
+        f"{command}: cannot install the Pulumi resource plugin digitalocean {version} "
+        "(the version pulumi_digitalocean pins); the worker does not start without it. "
+        "The CLI said:",
+        f"error: [resource plugin digitalocean-{version[1:]}] downloading from : failed to "
+        f'download plugin: digitalocean-{version[1:]}: Get "https://get.pulumi.com/releases/'
+        f'plugins/pulumi-resource-digitalocean-{version}-linux-amd64.tar.gz": dial tcp: '
+        "lookup get.pulumi.com: no such host",
+    ], done.stderr
+    assert "Traceback" not in done.stderr
+    assert "citrus-deploy: web on" not in done.stdout  # `all` started no children
+    assert [call["words"][0] for call in calls(cli)] == ["version", "plugin"]
