@@ -112,7 +112,7 @@ class AgentRowProvider(_RowProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changes = [p for p in ("agentId", "name") if _differs(olds.get(p), news.get(p))]
         key = news.get("key")
-        if _unknown(key) or olds.get("keySha256") != _key_digest(key):
+        if _unknown(key) or olds.get("keySha256") != _key_digest(str(key)):
             changes.append("key")
         return DiffResult(
             changes=bool(changes),

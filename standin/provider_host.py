@@ -108,7 +108,7 @@ class ProviderHost:
         try:
             return getattr(self.stub, method)(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:
-            detail = exc.details() or str(exc)  # type: ignore[attr-defined]
+            detail = exc.details() or str(exc)
             what = f"{method} of {urn}" if urn else method
             raise ProviderError(f"{what} failed: {_last_line(detail)}", detail) from None
 
