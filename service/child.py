@@ -184,8 +184,6 @@ def _child_main() -> int:
     request = json.loads(sys.stdin.read())
     config = {k: StackValue(v, bool(s)) for k, (v, s) in request["config"].items()}
     options = request["options"]
-    deployer = make_deployer(options)
-    _on_stop_request(deployer.cancel, float(options.get("stop_grace", DEFAULT_STOP_GRACE)))
 
     printing = threading.Lock()  # the engine stand-in's steps print from several threads
 
@@ -198,6 +196,8 @@ def _child_main() -> int:
             sys.stdout.flush()
 
     try:
+        deployer = make_deployer(options)
+        _on_stop_request(deployer.cancel, float(options.get("stop_grace", DEFAULT_STOP_GRACE)))
         if request["kind"] == "up":
             outputs = deployer.up(request["stack"], config, emit)
         else:
