@@ -126,7 +126,7 @@ def _killed_error(stack: str, how: str) -> DeployError:
 
     return DeployError(
         f"the deployer process {how}: the stack may be locked and hold pending operations",
-        repair=repair_steps(stack, [{"type": "creating"}]),
+        repair=repair_steps(stack, maybe_created=True),
     )
 
 

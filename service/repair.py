@@ -30,15 +30,16 @@ def _name(resource: Mapping[str, Any]) -> str:
     return str(resource.get("urn", "?")).rsplit("::", 1)[-1]
 
 
-def repair_steps(stack: str, pending: Iterable[Mapping[str, Any]] = ()) -> str:
-    """The commands, in order, for a stack whose update was killed."""
-    pending = list(pending)
+def repair_steps(
+    stack: str, pending: Iterable[Mapping[str, Any]] = (), *, maybe_created: bool = False
+) -> str:
+    """The commands, in order, for a stack whose update was killed. `maybe_created`: the
+    checkpoint was not read (the process died), so a create may have been under way."""
     lines = [
         f"1. `pulumi cancel --stack {stack} --yes` if no update of it is running (removes the "
         "lock a killed update left)",
     ]
-    creating = [op for op in pending if op.get("type") == "creating"]
-    if creating:
+    if maybe_created or any(op.get("type") == "creating" for op in pending):
         lines.append(
             "2. check DigitalOcean for a droplet the killed update created but did not record "
             f"(name {stack!r}); if there is one, import it or delete it by hand"

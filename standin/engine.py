@@ -102,10 +102,6 @@ class Resource:
     dependencies: list[str] = field(default_factory=list)
     delete: bool = False  # replaced, to be deleted at the end of the update
 
-    @property
-    def name(self) -> str:
-        return self.urn.rsplit("::", 1)[-1]
-
 
 @dataclass
 class Registration:
@@ -215,10 +211,6 @@ class Engine:
 
     def locked(self, stack: str) -> bool:
         return self.lock_path(stack).exists()
-
-    def cancel(self, stack: str) -> None:
-        """`pulumi cancel` on a DIY backend: removes the lock, stops nothing."""
-        self.lock_path(stack).unlink(missing_ok=True)
 
     def request_cancel(self) -> None:
         """What SIGINT/SIGTERM does to the CLI: finish the step in flight, start no other,
@@ -439,7 +431,7 @@ class _Operation:
         if typ.startswith("random:"):
             return self._random
         if typ.startswith("digitalocean:"):
-            prov_urn = provider_ref.split("::04da6b54")[0].rsplit("::", 1)[0]
+            prov_urn = provider_ref.rsplit("::", 1)[0]  # "urn::id"; the id may be unknown
             found = self.new.get(prov_urn) or self.old.get(prov_urn)
             token = reveal(found.inputs.get("token")) if found else None
             return FakeDigitalOcean(self.engine.cloud_file, token=token)

@@ -7,6 +7,7 @@ stand-in keeps state in this form too, as the real engine's checkpoint does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -39,24 +40,22 @@ def reveal(value: Any) -> Any:
     return value
 
 
-def contains_secret(value: Any) -> bool:
-    if is_secret(value):
+def _contains(value: Any, found: Callable[[Any], bool]) -> bool:
+    if found(value):
         return True
     if isinstance(value, dict):
-        return any(contains_secret(v) for v in value.values())
+        return any(_contains(v, found) for v in value.values())
     if isinstance(value, list):
-        return any(contains_secret(v) for v in value)
+        return any(_contains(v, found) for v in value)
     return False
+
+
+def contains_secret(value: Any) -> bool:
+    return _contains(value, is_secret)
 
 
 def contains_unknown(value: Any) -> bool:
-    if value == UNKNOWN:
-        return True
-    if isinstance(value, dict):
-        return any(contains_unknown(v) for v in value.values())
-    if isinstance(value, list):
-        return any(contains_unknown(v) for v in value)
-    return False
+    return _contains(value, lambda v: v == UNKNOWN)
 
 
 def annotate_secrets(outs: Props, ins: Props) -> Props:
