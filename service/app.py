@@ -107,7 +107,7 @@ class AgentOut(BaseModel):
 class DeploymentOut(BaseModel):
     id: int
     kind: Literal["up", "destroy"]
-    state: Literal["queued", "running", "succeeded", "failed"]
+    state: Literal["queued", "running", "succeeded", "failed", "needs_operator"]
     error: str | None = Field(description="Why the last attempt failed (null if none did).")
     attempts: int
     jobId: int | None
@@ -122,7 +122,7 @@ class DeploymentOut(BaseModel):
 class ServerOut(BaseModel):
     id: str | None = Field(description="Droplet id; null until the droplet exists.")
     name: str
-    status: Literal["provisioning", "active", "failed", "destroying"]
+    status: Literal["provisioning", "active", "failed", "destroying", "needs_operator"]
     agent: AgentOut
     region: str | None
     size: str | None
@@ -145,12 +145,12 @@ class DeployFinished(BaseModel):
 class ServerSummaryOut(BaseModel):
     id: str | None
     name: str
-    status: Literal["provisioning", "active", "failed", "destroying"]
+    status: Literal["provisioning", "active", "failed", "destroying", "needs_operator"]
     ipv4Address: str | None
     agent: AgentOut
     deploymentId: int | None
     deploymentKind: Literal["up", "destroy"] | None
-    deploymentState: Literal["queued", "running", "succeeded", "failed"] | None
+    deploymentState: Literal["queued", "running", "succeeded", "failed", "needs_operator"] | None
     deploymentError: str | None
 
 

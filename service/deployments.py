@@ -91,9 +91,13 @@ class Server:
     last: Deployment | None
 
 
-def server_status(row_status: str | None, current: Deployment | None) -> str:
+def server_status(
+    row_status: str | None, current: Deployment | None, last_state: str | None = None
+) -> str:
     if current is not None and current.kind == "destroy":
         return "destroying"
+    if current is None and last_state == "needs_operator":  # whatever its row says: act first
+        return "needs_operator"
     if row_status is not None:
         return row_status
     if current is not None:
@@ -231,7 +235,7 @@ async def get_server(pool: AsyncConnectionPool[Any], name: str, *, tail: int = 4
     row = row or {}
     return Server(
         name=name,
-        status=server_status(row.get("status"), current),
+        status=server_status(row.get("status"), current, last.state if last else None),
         droplet_id=row.get("digital_ocean_id"),
         ipv4_address=outputs.get("ipv4Address") if row else None,
         region=row.get("region"),
@@ -271,6 +275,8 @@ async def list_servers(
         active = r["deployment_state"] in ACTIVE
         if active and r["deployment_kind"] == "destroy":
             status = "destroying"
+        elif r["deployment_state"] == "needs_operator":
+            status = "needs_operator"
         elif r["server_status"] is not None:
             status = r["server_status"]
         else:
