@@ -16,6 +16,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from standin.engine import Engine
 from standin.pg import PgServer, free_port
 from tests.service.conftest import (
     AUTH,
@@ -192,9 +193,12 @@ def test_a_worker_killed_mid_deployment_is_recorded_and_retried(
 
     wait_for(agent_row_created, what="the agent row")
     first.kill()
-    # The deployer child notices its worker is gone and stops too: nothing more is created.
-    wait_for(lambda: not _deployer_children(), timeout=5, what="the deployer child to die")
-    assert rows(service_db, "SELECT count(*) FROM servers") == [(0,)]
+    # The deployer child notices its worker is gone and stops as Pulumi's CLI does on SIGTERM:
+    # the step in flight completes, no other starts, nothing is left pending or locked.
+    wait_for(lambda: not _deployer_children(), timeout=20, what="the deployer child to stop")
+    engine = Engine(tmp_path / "state" / "test-engine")
+    assert engine.export("killed-1")["pending_operations"] == []
+    assert not engine.locked("killed-1")
     assert server(client, "killed-1")["currentDeployment"]["state"] == "running"
 
     start_worker()  # after the stalled timeout (3 s) it retries the job
@@ -206,6 +210,39 @@ def test_a_worker_killed_mid_deployment_is_recorded_and_retried(
     assert "stopped sending heartbeats" in last["outputTail"]
     assert rows(service_db, "SELECT count(*) FROM agents") == [(1,)]
     assert rows(service_db, "SELECT count(*) FROM servers") == [(1,)]
+
+
+def test_a_deployment_killed_past_its_grace_is_left_for_an_operator(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    """Its worker dies in the middle of a slow create; the child, stopped gracefully, cannot
+    finish within DEPLOY_STOP_GRACE and is killed, leaving the create pending. The retry must
+    not `up` again (a second droplet): the server and its deployment say what to run."""
+    first = start_worker(CITRUS_TEST_ENGINE_STEP_DELAY="5", DEPLOY_STOP_GRACE="0.5")
+    client.post(DEPLOY, json={"name": "halfway-1"}, headers=AUTH)
+
+    def creating() -> bool:  # the component's step is done; the first slow create has begun
+        current = server(client, "halfway-1")["currentDeployment"]
+        return bool(current) and "AgentServer agent-server created" in current["outputTail"]
+
+    wait_for(creating, what="the first create")
+    first.kill()
+    wait_for(lambda: not _deployer_children(), timeout=10, what="the deployer child to die")
+
+    start_worker()  # after the stalled timeout it picks the job up again
+    shown = wait_for(lambda: finished(client, "halfway-1"), timeout=40, what="the retry")
+    listed = client.get("/admin/servers", headers=AUTH).json()["servers"]
+
+    last = shown["lastDeployment"]
+    assert (shown["status"], last["state"], last["attempts"]) == (
+        "needs_operator",
+        "needs_operator",
+        2,
+    )
+    assert "pending operation" in last["error"]
+    assert "pulumi refresh --stack halfway-1 --clear-pending-creates" in last["error"]
+    assert [(s["name"], s["status"]) for s in listed] == [("halfway-1", "needs_operator")]
+    assert rows(service_db, "SELECT count(*) FROM servers") == [(0,)]
 
 
 def _deployer_children() -> list[int]:
