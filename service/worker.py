@@ -19,8 +19,9 @@ from typing import Any
 
 import psycopg
 from procrastinate import PsycopgConnector
+from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job, Status
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from db import queries
 from service import deployments, stale, tasks
@@ -379,18 +380,95 @@ async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     settings.worker_concurrency,
                     settings.deployer,
                 )
-                worker = app.run_worker_async(
-                    queues=list(tasks.QUEUES),
-                    name=name,
-                    concurrency=settings.worker_concurrency,
-                    additional_context={"runtime": runtime},
-                    update_heartbeat_interval=settings.worker_heartbeat_interval,
-                    stalled_worker_timeout=settings.worker_stalled_timeout,
-                    install_signal_handlers=False,  # run_worker's, installed from the start
-                )
                 try:
-                    await _unless_stopped(asyncio.ensure_future(worker), stop)
+                    await _supervise(
+                        settings,
+                        stop,
+                        name,
+                        lambda: app.run_worker_async(
+                            queues=list(tasks.QUEUES),
+                            name=name,
+                            concurrency=settings.worker_concurrency,
+                            additional_context={"runtime": runtime},
+                            update_heartbeat_interval=settings.worker_heartbeat_interval,
+                            stalled_worker_timeout=settings.worker_stalled_timeout,
+                            install_signal_handlers=False,  # run_worker's, from the start
+                        ),
+                    )
                 finally:
                     recovery.cancel()
     finally:
         await pool.close()
+
+
+# What losing the database looks like from procrastinate's worker and our pool.
+_DATABASE_LOST = (ConnectorException, psycopg.Error, PoolTimeout, OSError)
+_RECONNECT_MAX_SECONDS = 30.0
+_STEADY_SECONDS = 60.0  # a queue worker that ran this long resets the backoff
+
+
+async def _supervise(
+    settings: Settings,
+    stop: asyncio.Event,
+    name: str,
+    make_worker: Callable[[], Awaitable[None]],
+) -> None:
+    """Runs procrastinate's worker until `stop`, and again whenever it ends on its own.
+
+    procrastinate stops its whole worker when a side task (the LISTEN connection, the
+    heartbeat) loses the database, and returns as if asked to stop: without this loop a
+    PostgreSQL restart of any length ended the worker with exit code 0. Running deployments
+    live in child processes and go on meanwhile; jobs stay in the queue. The loop waits for the
+    database with a capped exponential backoff, saying so in the log, and never gives up by
+    itself; anything else than a lost database propagates (the worker then exits non-zero).
+    """
+    failures = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        reason = "the queue worker stopped on its own"
+        try:
+            await _unless_stopped(asyncio.ensure_future(make_worker()), stop)
+        except _DATABASE_LOST as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            reason = f"{type(exc).__name__}: {first_line}"
+        if stop.is_set():
+            return
+        failures = 1 if time.monotonic() - started > _STEADY_SECONDS else failures + 1
+        await _wait_for_database(settings, stop, name, reason, failures)
+
+
+async def _wait_for_database(
+    settings: Settings, stop: asyncio.Event, name: str, reason: str, failures: int
+) -> None:
+    conninfo = settings.database_url.get_secret_value()
+    target = queries.describe(conninfo)
+    delay = min(_RECONNECT_MAX_SECONDS, 0.5 * 2 ** (failures - 1))
+    waited = 0.0
+    while not stop.is_set():
+        log.warning(
+            "worker %s: lost the database at %s (%s); waiting for the database, next try in "
+            "%gs (%gs so far)",
+            name,
+            target,
+            reason,
+            delay,
+            waited,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        waited += delay
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                conninfo, connect_timeout=5, autocommit=True
+            ) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            reason = type(exc).__name__
+            delay = min(_RECONNECT_MAX_SECONDS, delay * 2)
+            continue
+        log.info(
+            "worker %s: the database is back after %gs; restarting the queue worker", name, waited
+        )
+        return
