@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -114,6 +115,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ.setdefault("PULUMI_BACKEND_URL", f"file://{server.root}/pulumi-state")
         for key, value in DEMO_ENV.items():
             os.environ.setdefault(key, value)
+        # Seals the secrets in the stacks' state, which lives and dies with the demo.
+        os.environ.setdefault("PULUMI_CONFIG_PASSPHRASE", secrets.token_urlsafe(24))
         migrate(server.conninfo())
         print(
             f"citrus-deploy demo: DATABASE_URL={server.conninfo()} ADMIN_TOKEN="

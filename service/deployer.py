@@ -89,6 +89,14 @@ def last_lines(text: str, count: int = 12) -> str:
     return "\n".join(lines[-count:])
 
 
+def _passphrase(options: Mapping[str, Any]) -> str | None:
+    if options.get("passphrase"):
+        return str(options["passphrase"])
+    if options.get("passphrase_file"):
+        return Path(options["passphrase_file"]).read_text().rstrip("\n")
+    return None
+
+
 def make_deployer(options: Mapping[str, Any]) -> Deployer:
     backend = str(options["backend_url"])
     if options["deployer"] == "test-engine":
@@ -96,7 +104,11 @@ def make_deployer(options: Mapping[str, Any]) -> Deployer:
 
         parts = urlsplit(backend)
         base = Path(parts.path) if parts.scheme == "file" else ROOT / ".pulumi"
-        return StandInDeployer(base / "test-engine", step_delay=float(options["step_delay"]))
+        return StandInDeployer(
+            base / "test-engine",
+            step_delay=float(options["step_delay"]),
+            passphrase=_passphrase(options),
+        )
     from service.automation import AutomationDeployer
 
     return AutomationDeployer(

@@ -155,14 +155,16 @@ class Settings(BaseSettings):
             raise ValueError("ADMIN_TOKEN must not be empty")
         return self
 
+    @property
+    def docs_enabled(self) -> bool:
+        return self.docs if self.docs is not None else self.citrus_env == "development"
+
     def check_deployer(self) -> None:
-        """What only workers need: the Automation API's passphrase. Raises SettingsError."""
-        if self.deployer == "automation" and not (
-            self.pulumi_config_passphrase or self.pulumi_config_passphrase_file
-        ):
+        """What only workers need: the passphrase. Raises SettingsError."""
+        if not (self.pulumi_config_passphrase or self.pulumi_config_passphrase_file):
             raise SettingsError(
-                "CITRUS_DEPLOYER=automation needs PULUMI_CONFIG_PASSPHRASE or "
-                "PULUMI_CONFIG_PASSPHRASE_FILE (it encrypts the stacks' secrets)"
+                f"CITRUS_DEPLOYER={self.deployer} needs PULUMI_CONFIG_PASSPHRASE or "
+                "PULUMI_CONFIG_PASSPHRASE_FILE (it encrypts the secrets in the stacks' state)"
             )
 
     # -- the stack config of one deployment --------------------------------------------------

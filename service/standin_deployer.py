@@ -18,17 +18,26 @@ from service.repair import pending_operations_error, repair_steps
 
 
 class StandInDeployer:
-    """Keeps each stack's checkpoint (mode 0600) and the fake cloud under `state_dir`."""
+    """Keeps each stack's checkpoint (mode 0600, secrets sealed with the passphrase) and the
+    fake cloud under `state_dir`."""
 
-    def __init__(self, state_dir: Path, *, step_delay: float = 0.0) -> None:
+    def __init__(
+        self, state_dir: Path, *, step_delay: float = 0.0, passphrase: str | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.step_delay = step_delay
+        self.passphrase = passphrase
         self.engine: Any = None  # the running operation's engine: request_cancel() on SIGTERM
 
     def _engine(self, on_output: OnOutput) -> Any:
         from standin.engine import Engine
 
-        self.engine = Engine(self.state_dir, on_output=on_output, step_delay=self.step_delay)
+        self.engine = Engine(
+            self.state_dir,
+            on_output=on_output,
+            step_delay=self.step_delay,
+            passphrase=self.passphrase,
+        )
         return self.engine
 
     @staticmethod

@@ -16,9 +16,9 @@ resource registration:
   the stored outputs with the stored provider), destroy from the checkpoint alone (reverse
   order) or with the program run first (`--run-program`: explicit providers take the new config).
 
-What it does not do, and the real engine does: run steps in parallel (it runs one at a time);
-keep the default providers as resources of their own; encrypt secrets in its checkpoint (the
-file is mode 0600 and holds the stack's secrets in clear: for development and tests only).
+Secrets in the checkpoint are sealed as Pulumi's passphrase secrets provider seals them
+(`standin.sealing`). What it does not do, and the real engine does: run steps in parallel (it
+runs one at a time); keep the default providers as resources of their own.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from pulumi.runtime.proto import resource_pb2
 
 from standin.fakes import FakeDigitalOcean, FakeRandom
 from standin.provider_host import Diff, ProviderError, ProviderHost
+from standin.sealing import Crypter, WrongPassphrase, seal, unseal
 from standin.wire import (
     Props,
     annotate_secrets,
@@ -159,6 +160,7 @@ class Engine:
         on_output: OnOutput | None = None,
         step_delay: float = 0.0,
         host_env: dict[str, str] | None = None,
+        passphrase: str | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.project_dir = project_dir
@@ -166,6 +168,7 @@ class Engine:
         self.on_output = on_output or (lambda _line: None)
         self.step_delay = step_delay
         self.host_env = host_env
+        self.passphrase = passphrase  # seals the checkpoint's secrets; export() needs none
         self.cloud_file = state_dir / "digitalocean.json"
         self._cancel = threading.Event()
 
@@ -201,13 +204,36 @@ class Engine:
             op.delete_all()
         return op.result
 
-    def export(self, stack: str) -> dict[str, Any]:
-        """The stack's checkpoint, as `pulumi stack export` shows it."""
+    def export(self, stack: str, *, show_secrets: bool = False) -> dict[str, Any]:
+        """The stack's checkpoint, as `pulumi stack export [--show-secrets]` shows it: secrets
+        as ciphertext, or decrypted with the passphrase."""
         path = self.state_path(stack)
         if not path.exists():
             return {"resources": [], "pending_operations": []}
         loaded: dict[str, Any] = json.loads(path.read_text())
-        return loaded
+        if not show_secrets:
+            return loaded
+        return self._unsealed(stack, loaded)
+
+    def _passphrase(self) -> str:
+        if not self.passphrase:  # the CLI's own words
+            raise EngineError(
+                "error: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
+                "PULUMI_CONFIG_PASSPHRASE_FILE environment variables"
+            )
+        return self.passphrase
+
+    def _unsealed(self, stack: str, sealed: dict[str, Any]) -> dict[str, Any]:
+        try:
+            crypter = Crypter.for_checkpoint(self._passphrase(), sealed.get("secrets"))
+        except WrongPassphrase:
+            raise EngineError(
+                f"error: incorrect passphrase: the checkpoint of stack {stack} was sealed with "
+                "another PULUMI_CONFIG_PASSPHRASE"
+            ) from None
+        unsealed: dict[str, Any] = unseal(sealed, crypter)
+        unsealed["crypter"] = crypter
+        return unsealed
 
     def locked(self, stack: str) -> bool:
         return self.lock_path(stack).exists()
@@ -336,7 +362,11 @@ class _Operation:
         self.mode = mode
         self.result = Result()
         self.error: EngineError | None = None
-        checkpoint = engine.export(stack)
+        passphrase = engine._passphrase()
+        checkpoint = engine.export(stack, show_secrets=True)
+        self.crypter: Crypter = checkpoint.pop("crypter", None) or Crypter.for_checkpoint(
+            passphrase, None
+        )
         self.old: dict[str, Resource] = {
             r["urn"]: Resource(**r) for r in checkpoint["resources"] if not r.get("delete")
         }
@@ -368,7 +398,11 @@ class _Operation:
             return
         resources = [asdict(r) for r in self.new.values()]
         resources += [{**asdict(r), "delete": True} for r in self.replaced]
-        data = {"version": 3, "resources": resources, "pending_operations": self.pending}
+        data = seal(
+            {"version": 3, "resources": resources, "pending_operations": self.pending},
+            self.crypter,
+        )
+        data["secrets"] = self.crypter.state()  # the salt and a check value, never the key
         path = self.engine.state_path(self.stack)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

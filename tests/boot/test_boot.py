@@ -87,7 +87,8 @@ def deploy(
             databaseUrl=boot_pg_conninfo,
             **{"digitalocean:token": "dop_v1_stand_in"},
         )
-        result = Engine(tmp_path_factory.mktemp("state")).up(name, config)
+        state = tmp_path_factory.mktemp("state")
+        result = Engine(state, passphrase="boot-test-passphrase").up(name, config)
         (droplet,) = result.by_type(DROPLET)
         (agent,) = result.by_type(AGENT_ROW)
         return Deployment(

@@ -22,11 +22,13 @@ AGENT_ROW = "pulumi-python:dynamic/citrus:AgentRow"
 SERVER_ROW = "pulumi-python:dynamic/citrus:ServerRow"
 DROPLET = "digitalocean:index/droplet:Droplet"
 OLD_TOKEN, NEW_TOKEN = "dop_v1_before_rotation", "dop_v1_after_rotation"
+GITHUB_TOKEN = "ghp_engine_steps_0123456789"
+PASSPHRASE = "engine-steps-passphrase"
 
 
 def config(database: str, **overrides: Any) -> StackConfig:
     secrets = {
-        "githubToken": "ghp_engine_steps",
+        "githubToken": GITHUB_TOKEN,
         "databaseUrl": database,
         "digitalocean:token": OLD_TOKEN,
     }
@@ -45,7 +47,7 @@ def server_row(database: str) -> dict[str, Any] | None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    return Engine(tmp_path / "state")
+    return Engine(tmp_path / "state", passphrase=PASSPHRASE)
 
 
 def test_preview_of_a_new_stack_plans_every_resource_and_changes_nothing(
@@ -67,13 +69,13 @@ def test_preview_of_a_new_stack_plans_every_resource_and_changes_nothing(
 
 def test_up_creates_and_an_unchanged_up_keeps_every_output(engine: Engine, database: str) -> None:
     created = engine.up("dev", config(database))
-    before = engine.export("dev")["resources"]
+    before = engine.export("dev", show_secrets=True)["resources"]
 
     again = engine.up("dev", config(database))
 
     assert created.change_summary == {"create": 8}
     assert again.change_summary == {"same": 8}
-    after = engine.export("dev")["resources"]
+    after = engine.export("dev", show_secrets=True)["resources"]
     # Same outputs, the pickled `__provider` of the rows included, and no pending operation.
     assert [(r["urn"], r["id"], r["outputs"]) for r in after] == [
         (r["urn"], r["id"], r["outputs"]) for r in before
@@ -171,3 +173,24 @@ def test_after_a_token_rotation_only_destroy_with_the_program_works(
 
     assert droplets(engine.cloud_file) == {}
     assert engine.export("dev")["resources"] == []
+
+
+def test_the_checkpoint_seals_every_secret_with_the_passphrase(
+    engine: Engine, database: str
+) -> None:
+    """As Pulumi's passphrase secrets provider does: no key, token or password in clear."""
+    created = engine.up("dev", config(database))
+    (key_bytes,) = created.by_type("random:index/randomBytes:RandomBytes")
+    key = reveal(key_bytes.outputs["hex"])
+    raw = engine.state_path("dev").read_text()
+
+    assert len(key) == 64
+    for secret in (key, GITHUB_TOKEN, OLD_TOKEN):
+        assert secret not in raw
+    assert '"ciphertext"' in raw
+    assert engine.up("dev", config(database)).change_summary == {"same": 8}  # it reads back
+    wrong = Engine(engine.state_dir, passphrase="not-the-passphrase")
+    with pytest.raises(EngineError, match="incorrect passphrase"):
+        wrong.up("dev", config(database))
+    with pytest.raises(EngineError, match="passphrase must be set"):
+        Engine(engine.state_dir).up("new-stack", config(database))

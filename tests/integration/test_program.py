@@ -34,6 +34,7 @@ BYTES_T = "random:index/randomBytes:RandomBytes"
 GITHUB_TOKEN = "ghp_Zx9TokenUnderTest0000000000000000000"
 DO_TOKEN = "dop_v1_token_under_test_1111"
 DB_PASSWORD = "pw-Under-Test-7f3a"
+PASSPHRASE = "program-test-passphrase"
 
 
 def with_password(conninfo: str) -> str:
@@ -63,7 +64,9 @@ def one(result: Result, typ: str) -> Registration:
 
 
 def up(database: str, tmp_path: Path, **overrides: Any) -> Result:
-    return Engine(tmp_path / "state").up("dev", dev_config(database, **overrides))
+    return Engine(tmp_path / "state", passphrase=PASSPHRASE).up(
+        "dev", dev_config(database, **overrides)
+    )
 
 
 @pytest.fixture
@@ -229,7 +232,7 @@ def test_database_password_appears_nowhere(deployed: Result) -> None:
 def test_a_bad_field_stops_the_program_before_any_resource(
     database: str, tmp_path: Path, key: str, value: Any
 ) -> None:
-    engine = Engine(tmp_path)
+    engine = Engine(tmp_path, passphrase=PASSPHRASE)
 
     with pytest.raises(EngineError, match=rf"invalid configuration.*\n  - {key}(\[0\])?: "):
         engine.up("dev", dev_config(database, **{key: value}))

@@ -25,6 +25,7 @@ from standin.pg import PgServer
 
 SERVICE_TEMPLATE = "citrus_service_template"
 TOKEN = "test-admin-token-0123456789abcdef"
+PASSPHRASE = "stand-in-passphrase-0f3c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 _counter = itertools.count()
 
@@ -71,6 +72,7 @@ def service_env(database: str, state_dir: Path, **extra: str) -> dict[str, str]:
         "ADMIN_TOKEN": TOKEN,
         "CITRUS_DEPLOYER": "test-engine",
         "PULUMI_BACKEND_URL": f"file://{state_dir}",
+        "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
         "WORKER_HEARTBEAT_INTERVAL": "0.5",
         "WORKER_STALLED_TIMEOUT": "3",
         "RETRY_BACKOFF_SECONDS": "0.5",

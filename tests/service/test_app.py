@@ -365,8 +365,9 @@ def test_required_secrets_have_no_default(monkeypatch: pytest.MonkeyPatch) -> No
     assert "ADMIN_TOKEN" in str(raised.value)
 
 
-def test_automation_workers_need_a_passphrase(service_db: str, tmp_path: Path) -> None:
-    env = service_env(service_db, tmp_path, CITRUS_DEPLOYER="automation")
+@pytest.mark.parametrize("deployer", ["automation", "test-engine"])
+def test_workers_need_a_passphrase(service_db: str, tmp_path: Path, deployer: str) -> None:
+    env = service_env(service_db, tmp_path, CITRUS_DEPLOYER=deployer)
     env.pop("PULUMI_CONFIG_PASSPHRASE", None)
 
     with pytest.raises(SettingsError, match="PULUMI_CONFIG_PASSPHRASE"):

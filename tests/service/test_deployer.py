@@ -20,6 +20,7 @@ def test_a_child_that_fails_reports_the_program_error(tmp_path: Path) -> None:
         "deployer": "test-engine",
         "backend_url": f"file://{tmp_path}",
         "step_delay": 0,
+        "passphrase": "child-test-passphrase",
     }
     lines: list[str] = []
 
@@ -151,8 +152,8 @@ def test_a_deployment_killed_after_its_grace_needs_an_operator(
         task = asyncio.ensure_future(
             run_in_child("up", "stop-1", config, options, record, on_killed=record_kill)
         )
-        await _when(lines, "Updating (stop-1)")
-        await asyncio.sleep(0.5)  # inside the first slow create
+        # The component's step is done; the first slow create (3 s) has begun.
+        await _when(lines, "AgentServer agent-server created")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
