@@ -116,10 +116,23 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- A worker takes the deployment; a row already finished is left alone (no row returned).
 UPDATE deployments
 SET state = 'running', attempts = attempts + 1, job_id = %(job_id)s,
-    started_at = coalesce(started_at, now()), updated_at = now()
+    started_at = coalesce(started_at, now()), updated_at = now(), heartbeat_at = now()
 WHERE id = %(id)s AND state IN ('queued', 'running')
 RETURNING id, server_name, kind, state, config, outputs, error, '' AS output_tail, job_id, attempts,
           created_at, started_at, updated_at, finished_at;
+
+-- name: beat_deployment
+-- The attempt's own liveness, written by the worker running it (see recover_stalled_jobs).
+UPDATE deployments SET heartbeat_at = now() WHERE id = %(id)s AND state = 'running';
+
+-- name: deployment_alive
+-- Whether the running attempt beat within the last `seconds`. Just after the database itself
+-- restarted every beat is old, and says nothing of the worker: give them time to beat again.
+SELECT state = 'running'
+       AND (heartbeat_at > now() - make_interval(secs => %(seconds)s)
+            OR pg_postmaster_start_time() > now() - make_interval(secs => 2 * %(seconds)s))
+       AS alive
+FROM deployments WHERE id = %(id)s;
 
 -- name: append_output
 -- Keeps the last 1 MiB of output.

@@ -116,3 +116,8 @@ $$;
 CREATE UNIQUE INDEX IF NOT EXISTS deployments_one_active
     ON deployments (server_name) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS deployments_server_name_id ON deployments (server_name, id DESC);
+
+-- The running attempt's own heartbeat, written by the worker that runs it. procrastinate's
+-- worker heartbeat stops while the database is away (and its worker id changes when it
+-- restarts), so on its own it would declare live deployments dead after an outage.
+ALTER TABLE deployments ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;

@@ -332,6 +332,17 @@ async def start_attempt(
     return Deployment.from_row(row) if row else None
 
 
+async def beat(pool: AsyncConnectionPool[Any], deployment_id: int) -> None:
+    await _execute(pool, "beat_deployment", {"id": deployment_id})
+
+
+async def alive(pool: AsyncConnectionPool[Any], deployment_id: int, seconds: float) -> bool:
+    """Whether the deployment's running attempt beat within `seconds` (its worker is alive)."""
+    async with pool.connection() as conn:
+        row = await _one(conn, "deployment_alive", {"id": deployment_id, "seconds": seconds})
+    return bool(row and row["alive"])
+
+
 async def append_output(pool: AsyncConnectionPool[Any], deployment_id: int, text: str) -> None:
     await _execute(pool, "append_output", {"id": deployment_id, "text": text})
 

@@ -173,6 +173,8 @@ class DeploymentRunner:
         options = self.settings.deployer_options()
         recorder = OutputRecorder(self.pool, dep.id, self.redact)
 
+        beating = asyncio.create_task(self._beat(dep.id))
+
         async def killed(exc: DeployError) -> None:  # the worker stopped us past the grace
             await deployments.needs_operator(
                 self.pool, dep.id, self.redact(str(exc)), self.redact(exc.repair or "")
@@ -207,8 +209,17 @@ class DeploymentRunner:
             error = f"internal error in the worker ({type(exc).__name__}); see the worker log"
             await deployments.fail(self.pool, dep.id, error)
             raise tasks.DeploymentFailed(error) from exc
+        finally:
+            beating.cancel()
         await deployments.succeed(self.pool, dep.id, outputs)
         log.info("deployment %s (%s of %s) succeeded", dep.id, kind, dep.server_name)
+
+    async def _beat(self, deployment_id: int) -> None:
+        """The attempt's heartbeat, for as long as it runs; a beat lost to an outage is fine."""
+        while True:
+            await asyncio.sleep(self.settings.worker_heartbeat_interval)
+            with contextlib.suppress(psycopg.Error, PoolTimeout, OSError):
+                await deployments.beat(self.pool, deployment_id)
 
     async def _failed(self, dep: deployments.Deployment, job: Job, exc: DeployError) -> None:
         error = self.redact(str(exc))
@@ -262,6 +273,10 @@ class Maintenance:
                 await self._retry(job)
                 continue
             dep_id = int(job.task_kwargs["deployment_id"])
+            if await deployments.alive(self.pool, dep_id, self.settings.worker_stalled_timeout):
+                # Its procrastinate worker went quiet (a database outage stops its heartbeat,
+                # and a restart gives it a new id), but the attempt itself still beats.
+                continue
             dep = await deployments.get_deployment(self.pool, dep_id, tail=0)
             what = (
                 f"attempt {dep.attempts} interrupted: worker {job.worker_id} stopped sending "
