@@ -45,8 +45,11 @@ def test_the_worker_rides_out_a_database_restart(
             own_pg.restart()
 
             posted = wait_for(
-                lambda: (r := client.post(DEPLOY, json={"name": "after-1"}, headers=AUTH))
-                .status_code == 202 and r,
+                lambda: (
+                    (r := client.post(DEPLOY, json={"name": "after-1"}, headers=AUTH)).status_code
+                    == 202
+                    and r
+                ),
                 timeout=20,
                 what="the web to answer again",
             )
