@@ -128,6 +128,7 @@ def main() -> None:
             "CITRUS_DEPLOYER": "test-engine",
             "LOG_LEVEL": "WARNING",
             "CITRUS_DB_POOL_SIZE": "10",
+            "CITRUS_MAX_QUEUED": "0",  # no worker runs: the queue only grows
         }
         subprocess.run([sys.executable, "-m", "service", "migrate"], env=env, check=True, cwd=ROOT)
         service_port, bare_port = free_port(), free_port()

@@ -34,7 +34,11 @@ _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 def server_name(value: object, field: str = "serverName") -> str:
-    """A DigitalOcean droplet name that is also a valid hostname."""
+    """A DigitalOcean droplet name that is also a valid hostname.
+
+    Kept as given; unique regardless of case, as hostnames are, which only the database can
+    hold (db/schema.sql, servers_name_lower_key and deployments_one_active).
+    """
     text = required_text(value, field)
     if len(text) > SERVER_NAME_MAX:
         raise InvalidValue(field, f"at most {SERVER_NAME_MAX} characters (got {len(text)})")

@@ -208,6 +208,15 @@ class ServerRowProvider(_RowProvider):
                 ) from exc
             raise
         assert row is not None
+        if row["name"] != params["name"]:
+            # The same name in another case: one hostname, so one row (servers_name_lower_key),
+            # even though Pulumi keeps stacks `WEB-UP` and `web-up` apart.
+            raise RowConflict(
+                f"a server named {row['name']!r} already exists (droplet "
+                f"{row['digital_ocean_id']}); server names are hostnames, unique regardless of "
+                f"case, so {params['name']!r} is taken: choose another serverName or destroy "
+                "that server"
+            )
         mismatched = [c for c in self._COLUMNS.values() if row[c] != params[c]]
         if mismatched:
             raise RowConflict(

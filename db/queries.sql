@@ -19,13 +19,16 @@ RETURNING id::text AS id, key, status, name, created_at;
 DELETE FROM agents WHERE id = %(id)s;
 
 -- name: insert_server
+-- Names are unique in any case (servers_name_lower_key): a row of the same name, in this case
+-- or another, makes the insert a no-op, and the caller compares the row it then finds.
 INSERT INTO servers (name, digital_ocean_id, region, size, status, agent_id)
 VALUES (%(name)s, %(digital_ocean_id)s, %(region)s, %(size)s, 'provisioning', %(agent_id)s)
-ON CONFLICT (name) DO NOTHING;
+ON CONFLICT (lower(name)) DO NOTHING;
 
 -- name: select_server_by_name
+-- The row holding the name in any case (its own name may differ in case).
 SELECT id::text AS id, name, digital_ocean_id, region, size, status, agent_id::text AS agent_id, created_at
-FROM servers WHERE name = %(name)s;
+FROM servers WHERE lower(name) = lower(%(name)s);
 
 -- name: select_server
 SELECT id::text AS id, name, digital_ocean_id, region, size, status, agent_id::text AS agent_id, created_at
@@ -47,13 +50,15 @@ DELETE FROM servers WHERE id = %(id)s;
 -- name: insert_deployment
 -- The deployment row and its queue job in one statement, so an accepted POST costs one round
 -- trip and one (implicit) transaction: never a row without a job or a job without a row.
--- An 'up' gets no row when a servers row already has this name; the partial unique index
--- deployments_one_active (or the job's queueing lock) refuses a second queued/running one.
--- The job goes through procrastinate's own defer function, as `Task.defer` would.
+-- An 'up' gets no row when a servers row already has this name in any case; the partial
+-- unique index deployments_one_active (on lower(server_name)), or the job's queueing lock,
+-- refuses a second queued/running one. The job goes through procrastinate's own defer
+-- function, as `Task.defer` would.
 WITH deployment AS (
     INSERT INTO deployments (server_name, kind, config)
     SELECT %(server_name)s, %(kind)s, %(config)s
-    WHERE %(kind)s = 'destroy' OR NOT EXISTS (SELECT 1 FROM servers WHERE name = %(server_name)s)
+    WHERE %(kind)s = 'destroy'
+       OR NOT EXISTS (SELECT 1 FROM servers WHERE lower(name) = lower(%(server_name)s))
     RETURNING id, server_name, kind, state, config, outputs, error, attempts,
               created_at, started_at, updated_at, finished_at
 )
@@ -64,10 +69,40 @@ SELECT d.*, '' AS output_tail,
        )::procrastinate_job_to_defer_v1]))[1] AS job_id
 FROM deployment d;
 
+-- name: name_insert_generated_up
+-- A POST without a name: deployments_insert_generated_up (db/schema.sql) inserts the deployment
+-- under the first free <server_base>[-n]; its job is written here as in insert_deployment, in
+-- the same statement. No row: no free name among `tries`.
+WITH deployment AS (
+    SELECT id, server_name, kind, state, config, outputs, error, attempts,
+           created_at, started_at, updated_at, finished_at
+    FROM deployments_insert_generated_up(%(server_base)s, %(agent_base)s, %(tries)s)
+)
+SELECT d.*, '' AS output_tail,
+       (procrastinate_defer_jobs_v1(ARRAY[ROW(
+           %(queue)s, %(task_name)s, %(priority)s, d.server_name, d.server_name,
+           jsonb_build_object('deployment_id', d.id), NULL
+       )::procrastinate_job_to_defer_v1]))[1] AS job_id
+FROM deployment d;
+
+-- name: name_holders
+-- Who holds a refused name, in whatever case: its servers row, its queued/running deployment.
+SELECT (SELECT name FROM servers WHERE lower(name) = lower(%(server_name)s)) AS server,
+       (SELECT server_name FROM deployments
+         WHERE lower(server_name) = lower(%(server_name)s) AND state IN ('queued', 'running'))
+       AS deployment;
+
 -- name: select_deployment
 SELECT id, server_name, kind, state, config, outputs, error, right(output, %(tail)s) AS output_tail,
        job_id, attempts, created_at, started_at, updated_at, finished_at
 FROM deployments WHERE id = %(id)s;
+
+-- name: count_active_deployments
+-- Deployments queued or running, counted on the partial index deployments_one_active and never
+-- past the cap: cheap while the queue is short, bounded when it is full (CITRUS_MAX_QUEUED).
+SELECT count(*) FROM (
+    SELECT FROM deployments WHERE state IN ('queued', 'running') LIMIT %(cap)s
+) AS active;
 
 -- name: select_active_deployment
 SELECT id, server_name, kind, state, config, outputs, error, right(output, %(tail)s) AS output_tail,
@@ -86,10 +121,22 @@ WHERE server_name = %(server_name)s AND kind = 'up' AND state = 'succeeded'
 ORDER BY id DESC LIMIT 1;
 
 -- name: select_server_with_agent
-SELECT s.name, s.digital_ocean_id, s.region, s.size, s.status, s.agent_id::text AS agent_id,
+-- The servers row and its agent. Without a servers row, the agent of the last successful `up`
+-- (its agentId output) while that agents row exists: a destroy removes the servers row first,
+-- so one that failed half-way leaves the agent, which must not show as gone (name is NULL then).
+-- No row when neither exists.
+SELECT s.name, s.digital_ocean_id, s.region, s.size, s.status, a.id::text AS agent_id,
        a.name AS agent_name, a.status AS agent_status, s.created_at
-FROM servers s LEFT JOIN agents a ON a.id = s.agent_id
-WHERE s.name = %(server_name)s;
+FROM (SELECT %(server_name)s::text AS name) wanted
+LEFT JOIN servers s ON s.name = wanted.name
+LEFT JOIN agents a ON a.id = coalesce(s.agent_id, (
+    SELECT CASE WHEN d.outputs ->> 'agentId'
+                     ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+                THEN (d.outputs ->> 'agentId')::uuid END
+    FROM deployments d
+    WHERE d.server_name = wanted.name AND d.kind = 'up' AND d.state = 'succeeded'
+    ORDER BY d.id DESC LIMIT 1))
+WHERE s.name IS NOT NULL OR a.id IS NOT NULL;
 
 -- name: list_servers
 -- Every name with a servers row or a deployment, except names whose last deployment was a
@@ -99,7 +146,8 @@ WITH latest AS (
     FROM deployments ORDER BY server_name, id DESC
 )
 SELECT coalesce(s.name, l.server_name) AS name, s.digital_ocean_id, s.region, s.size,
-       s.status AS server_status, s.agent_id::text AS agent_id, a.status AS agent_status,
+       s.status AS server_status, s.agent_id::text AS agent_id, a.name AS agent_name,
+       a.status AS agent_status,
        l.id AS deployment_id, l.kind AS deployment_kind, l.state AS deployment_state,
        l.error AS deployment_error,
        (SELECT d.outputs ->> 'ipv4Address' FROM deployments d
@@ -174,17 +222,20 @@ RETURNING id;
 
 -- name: select_failed_servers_without_deployment
 -- Remediation candidates, with nothing queued or running for their name: servers rows marked
--- 'failed', and names whose last deployment (failed destroys aside) is a failed `up` that never
--- wrote its servers row (its stack may still hold a droplet and an agent row; the API lists it
--- as failed too). A name whose destroy keeps failing backs off: after n failed destroys in a
--- row it waits backoff * 2^(n-1) seconds, at most backoff_max, from the last one.
+-- 'failed' whose agent is not 'online' (a server whose agent is online is never destroyed: a
+-- late agent makes the stale check set it 'active'), and names whose last deployment (failed
+-- destroys aside) is a failed `up` that never wrote its servers row (its stack may still hold a
+-- droplet and an agent row; the API lists it as failed too). A name whose destroy keeps failing
+-- backs off: after n failed destroys in a row it waits backoff * 2^(n-1) seconds, at most
+-- backoff_max, from the last one. Only a list: remediate_enqueue_destroy decides again for each.
 WITH settled AS (
     SELECT DISTINCT ON (server_name) server_name, id, kind, state
     FROM deployments
     WHERE NOT (kind = 'destroy' AND state = 'failed')
     ORDER BY server_name, id DESC
 ), candidates AS (
-    SELECT s.name FROM servers s WHERE s.status = 'failed'
+    SELECT s.name FROM servers s JOIN agents a ON a.id = s.agent_id
+    WHERE s.status = 'failed' AND a.status <> 'online'
     UNION
     SELECT l.server_name FROM settled l
     WHERE l.kind = 'up' AND l.state = 'failed'
@@ -204,28 +255,99 @@ WHERE NOT EXISTS (SELECT 1 FROM deployments d
               %(backoff)s * 2 ^ least(failed_destroys.n - 1, 30), %(backoff_max)s)) <= now())
 ORDER BY c.name LIMIT %(limit)s;
 
+-- name: remediate_enqueue_destroy
+-- Remediation's destroy of one candidate, queued only if, when this statement runs, the name's
+-- servers row is still 'failed' and its agent not 'online', or the name has no servers row (a
+-- failed `up` that never wrote it). The decision and the enqueue are one statement, and the
+-- server's and agent's rows are locked FOR SHARE while it decides: a hub's UPDATE to 'online'
+-- (or the stale check making the server 'active') that is in flight is waited for and then
+-- seen (the rows are checked again in their new version), and one that comes later waits until
+-- the destroy is queued. No row returned: not queued. Otherwise as insert_deployment, with the
+-- config of the name's last `up`.
+WITH server AS MATERIALIZED (
+    SELECT s.id FROM servers s JOIN agents a ON a.id = s.agent_id
+    WHERE s.name = %(server_name)s AND s.status = 'failed' AND a.status <> 'online'
+    FOR SHARE OF s, a
+), deployment AS (
+    INSERT INTO deployments (server_name, kind, config)
+    SELECT %(server_name)s, 'destroy',
+           coalesce((SELECT u.config FROM deployments u
+                     WHERE u.server_name = %(server_name)s AND u.kind = 'up'
+                     ORDER BY u.id DESC LIMIT 1),
+                    jsonb_build_object('serverName', %(server_name)s::text))
+    WHERE EXISTS (SELECT FROM server)
+       OR NOT EXISTS (SELECT FROM servers WHERE name = %(server_name)s)
+    RETURNING id, server_name, kind, state, config, outputs, error, attempts,
+              created_at, started_at, updated_at, finished_at
+)
+SELECT d.*, '' AS output_tail,
+       (procrastinate_defer_jobs_v1(ARRAY[ROW(
+           %(queue)s, %(task_name)s, %(priority)s, %(server_name)s, %(server_name)s,
+           jsonb_build_object('deployment_id', d.id), NULL
+       )::procrastinate_job_to_defer_v1]))[1] AS job_id
+FROM deployment d;
+
 -- ---------------------------------------------------------------------------------------------
 -- The stale-agent check (service/stale.py). One statement per transition; each is safe when
 -- several run at once: a row already changed no longer matches and is skipped.
+
+-- name: stale_recover_failed_servers
+-- Servers awaiting an agent the check failed (servers_awaiting_agent rows marked `failed`)
+-- whose agent has connected since: the hub set it 'online', so the server becomes 'active' and
+-- stops being awaited; unless its last deployment failed (the deployment, not the agent, made
+-- it 'failed': it stays so, and is no longer awaited). The marked rows are the failed servers
+-- not yet destroyed, few next to the fleet; their agents are looked up by primary key, all in
+-- one index scan (`= ANY (ARRAY(...))`): a join would let the planner hash every agent, nearly
+-- all 'online', and a subquery per row would be costed high enough to be JIT-compiled.
+WITH marked AS MATERIALIZED (
+    SELECT server_id, agent_id FROM servers_awaiting_agent WHERE failed
+), connected AS (
+    SELECT m.server_id
+    FROM marked m
+    JOIN (SELECT a.id FROM agents a
+          WHERE a.id = ANY (ARRAY(SELECT agent_id FROM marked)) AND a.status = 'online'
+          OFFSET 0) online
+      ON online.id = m.agent_id
+), recovered AS (
+    DELETE FROM servers_awaiting_agent w
+    WHERE w.server_id = ANY (ARRAY(SELECT server_id FROM connected)) AND w.failed
+    RETURNING w.server_id
+)
+UPDATE servers s SET status = 'active'
+WHERE s.id = ANY (ARRAY(SELECT server_id FROM recovered)) AND s.status = 'failed'
+  AND coalesce((SELECT d.state FROM deployments d
+                WHERE d.server_name = s.name AND d.state IN ('succeeded', 'failed', 'needs_operator')
+                ORDER BY d.id DESC LIMIT 1), 'succeeded') = 'succeeded'
+RETURNING s.name;
 
 -- name: fail_stale_agents
 -- Agents still 'offline' after the timeout become 'failed', and their servers still
 -- 'provisioning' with them, in one statement (never one without the other). The agents side
 -- uses the partial index agents_offline_created_at; the servers are found through
--- servers_awaiting_agent (whose rows it removes) and changed by primary key, HOT: no index
--- mentions servers.status. `= ANY (ARRAY(...))` keeps each side an index scan whatever the
--- planner guesses of the CTE's size.
+-- servers_awaiting_agent, whose rows stay, marked `failed` for stale_recover_failed_servers
+-- (found and marked in one pass; marking is HOT, no index mentions the column), and changed by
+-- primary key, HOT: no index mentions servers.status. `= ANY (ARRAY(...))` keeps each side an
+-- index scan whatever the planner guesses of the CTE's size.
+-- An agent whose `up` is queued or running is left alone: the provider writes the agent row
+-- first and the server row only once the droplet exists, and an `up` retried after a transient
+-- failure keeps the agent row of its first attempt. The agent is named as the program names it
+-- (agentName, else agent-<server name>); the few names in flight come from the partial unique
+-- index deployments_one_active. Once the `up` has finished, the timeout counts from the agent
+-- row as before.
 WITH failed AS (
     UPDATE agents SET status = 'failed'
     WHERE status = 'offline' AND created_at < now() - make_interval(secs => %(timeout_seconds)s)
+      AND name <> ALL (ARRAY(
+          SELECT coalesce(d.config ->> 'agentName', 'agent-' || d.server_name)
+          FROM deployments d WHERE d.state IN ('queued', 'running')))
     RETURNING id, name
-), dequeued AS (
-    DELETE FROM servers_awaiting_agent
-    WHERE agent_id = ANY (ARRAY(SELECT id FROM failed))
+), marked AS (
+    UPDATE servers_awaiting_agent SET failed = true
+    WHERE agent_id = ANY (ARRAY(SELECT id FROM failed)) AND NOT failed
     RETURNING server_id
 ), failed_servers AS (
     UPDATE servers SET status = 'failed'
-    WHERE id = ANY (ARRAY(SELECT server_id FROM dequeued)) AND status = 'provisioning'
+    WHERE id = ANY (ARRAY(SELECT server_id FROM marked)) AND status = 'provisioning'
     RETURNING name
 )
 SELECT 'agent' AS kind, name FROM failed
@@ -234,25 +356,31 @@ SELECT 'server', name FROM failed_servers;
 
 -- name: settle_provisioning_servers
 -- Servers awaiting an agent that is no longer 'offline': 'online' -> 'active', 'failed' ->
--- 'failed' (a server row written after its agent had already failed). Which agents are still
--- offline comes from the partial index agents_offline_created_at, so no agent is looked up
--- until its server is known to settle (OFFSET 0 keeps that set a scan of the partial index
--- rather than one agents_pkey lookup per awaiting server). The awaiting row is removed either
--- way; a server no longer 'provisioning' (its deployment failed) keeps its status.
-WITH settled AS (
-    DELETE FROM servers_awaiting_agent w
-    USING (
-        SELECT q.server_id
-        FROM servers_awaiting_agent q
-        LEFT JOIN (SELECT id FROM agents WHERE status = 'offline' OFFSET 0) offline
-               ON offline.id = q.agent_id
-        WHERE offline.id IS NULL
-    ) p
-    WHERE w.server_id = p.server_id
-    RETURNING w.server_id
+-- 'failed' (a server row written after its agent had already failed; its awaiting row stays,
+-- marked, in case the agent connects after all). Which agents are still offline comes from the
+-- partial index agents_offline_created_at, so no agent is looked up until its server is known
+-- to settle (OFFSET 0 keeps that set a scan of the partial index rather than one agents_pkey
+-- lookup per awaiting server). A server no longer 'provisioning' (its deployment failed, or
+-- another checker got there first) keeps its status and its unmarked row is removed; a row
+-- another checker marked meanwhile is kept (NOT failed is checked again on the locked row).
+WITH settling AS (
+    SELECT q.server_id
+    FROM servers_awaiting_agent q
+    LEFT JOIN (SELECT id FROM agents WHERE status = 'offline' OFFSET 0) offline
+           ON offline.id = q.agent_id
+    WHERE offline.id IS NULL AND NOT q.failed
+), settled AS (
+    UPDATE servers s
+    SET status = CASE (SELECT a.status FROM agents a WHERE a.id = s.agent_id)
+                     WHEN 'online' THEN 'active' ELSE 'failed' END
+    WHERE s.id = ANY (ARRAY(SELECT server_id FROM settling)) AND s.status = 'provisioning'
+    RETURNING s.id, s.name, s.status
+), marked AS (
+    UPDATE servers_awaiting_agent SET failed = true
+    WHERE server_id = ANY (ARRAY(SELECT id FROM settled WHERE status = 'failed'))
+), removed AS (
+    DELETE FROM servers_awaiting_agent
+    WHERE server_id = ANY (ARRAY(SELECT server_id FROM settling)) AND NOT failed
+      AND server_id <> ALL (ARRAY(SELECT id FROM settled WHERE status = 'failed'))
 )
-UPDATE servers s
-SET status = CASE (SELECT a.status FROM agents a WHERE a.id = s.agent_id)
-                 WHEN 'online' THEN 'active' ELSE 'failed' END
-WHERE s.id = ANY (ARRAY(SELECT server_id FROM settled)) AND s.status = 'provisioning'
-RETURNING s.name, s.status;
+SELECT name, status FROM settled;

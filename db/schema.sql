@@ -47,16 +47,26 @@ CREATE INDEX IF NOT EXISTS servers_agent_id ON servers (agent_id);
 -- else); the stale check removes it when it settles the server. A row whose server left
 -- 'provisioning' some other way (a failed deployment) is removed by the next check that finds
 -- its agent no longer offline, which happens within AGENT_CONNECT_TIMEOUT.
+-- When the check fails a server's agent (it had not connected), the row stays, marked
+-- `failed`, until the agent connects after all (the hub sets it 'online' whatever it was) and
+-- the check makes the server 'active', or until the server is deleted. A server whose last
+-- deployment failed stays failed whatever its agent does. Marking is an update of a column no
+-- index mentions, and pages are kept half free for it, so it is HOT too (without that, marking
+-- 10,000 rows made the check about 40 ms slower: bench/stale_check.py).
 CREATE TABLE IF NOT EXISTS servers_awaiting_agent (
-    server_id bigint PRIMARY KEY REFERENCES servers (id) ON DELETE CASCADE,
-    agent_id  uuid   NOT NULL
+    server_id bigint  PRIMARY KEY REFERENCES servers (id) ON DELETE CASCADE,
+    agent_id  uuid    NOT NULL,
+    failed    boolean NOT NULL DEFAULT false
 );
+ALTER TABLE servers_awaiting_agent ADD COLUMN IF NOT EXISTS failed boolean NOT NULL DEFAULT false;
+ALTER TABLE servers_awaiting_agent SET (fillfactor = 50);
 CREATE INDEX IF NOT EXISTS servers_awaiting_agent_agent_id ON servers_awaiting_agent (agent_id);
 
+-- A server written as 'provisioning' again waits for its agent afresh.
 CREATE OR REPLACE FUNCTION servers_await_agent() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO servers_awaiting_agent (server_id, agent_id) VALUES (NEW.id, NEW.agent_id)
-    ON CONFLICT (server_id) DO UPDATE SET agent_id = EXCLUDED.agent_id;
+    ON CONFLICT (server_id) DO UPDATE SET agent_id = EXCLUDED.agent_id, failed = false;
     RETURN NULL;
 END
 $$;
@@ -112,10 +122,97 @@ BEGIN
 END
 $$;
 
--- At most one queued or running deployment per server name: what makes a second POST a 409.
-CREATE UNIQUE INDEX IF NOT EXISTS deployments_one_active
-    ON deployments (server_name) WHERE state IN ('queued', 'running');
+-- At most one queued or running deployment per server name, in any case (names are hostnames,
+-- which DNS compares regardless of case): what makes a second POST a 409, `web-up` after
+-- `WEB-UP` included. A database made before the rule had the index on the exact name; it gets
+-- the new one here, unless two active deployments already differ only in case: then the
+-- migration stops and lists them (the index would refuse them anyway, with one pair and no
+-- advice), and nothing of it is applied.
+DO $$
+DECLARE
+    clashes text;
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_indexes
+        WHERE indexname = 'deployments_one_active' AND indexdef LIKE '%lower(server_name)%'
+    ) THEN
+        SELECT string_agg(same, '; ' ORDER BY same COLLATE "C") INTO clashes FROM (
+            SELECT string_agg(quote_literal(server_name), ', ' ORDER BY server_name COLLATE "C")
+            FROM deployments WHERE state IN ('queued', 'running')
+            GROUP BY lower(server_name) HAVING count(*) > 1
+        ) c (same);
+        IF clashes IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot make server names unique regardless of case: queued or '
+                'running deployments for names that differ only in case: %. Let all but one '
+                'of each finish (or stop them), then migrate again.', clashes;
+        END IF;
+        DROP INDEX IF EXISTS deployments_one_active;
+        CREATE UNIQUE INDEX deployments_one_active
+            ON deployments (lower(server_name)) WHERE state IN ('queued', 'running');
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS deployments_server_name_id ON deployments (server_name, id DESC);
+
+-- Server names are hostnames, which DNS compares regardless of case: `WEB-UP`, `web-up` and
+-- `Web-Up` are one name, so at most one servers row may carry it, whoever writes the row (the
+-- provider under `pulumi up`, the service, GitOps). Names are stored as given; only their
+-- lowercase form is unique. servers_name_key (exact case) stays: it is implied by this index,
+-- and code of an earlier release still names it in `ON CONFLICT (name)`. A database made
+-- before the rule that already holds names differing only in case is not changed: the
+-- migration stops and lists them, since which row is the real server is for an operator to say.
+DO $$
+DECLARE
+    clashes text;
+BEGIN
+    IF to_regclass('servers_name_lower_key') IS NULL THEN
+        SELECT string_agg(same, '; ' ORDER BY same COLLATE "C") INTO clashes FROM (
+            SELECT string_agg(quote_literal(name), ', ' ORDER BY name COLLATE "C")
+            FROM servers GROUP BY lower(name) HAVING count(*) > 1
+        ) c (same);
+        IF clashes IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot make server names unique regardless of case: servers rows '
+                'whose names differ only in case: %. Destroy (or rename) all but one of each, '
+                'then migrate again.', clashes;
+        END IF;
+    END IF;
+END
+$$;
+CREATE UNIQUE INDEX IF NOT EXISTS servers_name_lower_key ON servers (lower(name));
+
+-- A POST without a name (service/deployments.py): queues an `up` under the first free one of
+-- <server_base>, <server_base>-2, <server_base>-3, ... up to `tries`, the agent named
+-- <agent_base> with the same suffix; no row when none is free. Free: no servers row and no
+-- active deployment in any case, and no deployment ever under exactly that name, so that a
+-- generated name never takes over another request's stack (stack names are exact).
+-- Concurrent callers are decided by deployments_one_active: the loser of a race for a name
+-- waits in ON CONFLICT for the winner's commit, then does nothing and tries the next suffix;
+-- no error, no subtransaction. A function rather than one statement because each statement of
+-- the loop must see what committed after the call began: one statement keeps one snapshot.
+CREATE OR REPLACE FUNCTION deployments_insert_generated_up(
+    server_base text, agent_base text, tries integer
+) RETURNS SETOF deployments LANGUAGE plpgsql AS $$
+DECLARE
+    candidate text;
+    inserted deployments;
+BEGIN
+    FOR n IN 1..tries LOOP
+        candidate := server_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END;
+        INSERT INTO deployments (server_name, kind, config)
+        SELECT candidate, 'up', jsonb_build_object(
+            'serverName', candidate,
+            'agentName', agent_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END)
+        WHERE NOT EXISTS (SELECT FROM servers WHERE lower(name) = lower(candidate))
+          AND NOT EXISTS (SELECT FROM deployments WHERE server_name = candidate)
+        ON CONFLICT (lower(server_name)) WHERE state IN ('queued', 'running') DO NOTHING
+        RETURNING * INTO inserted;
+        IF FOUND THEN
+            RETURN NEXT inserted;
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- The running attempt's own heartbeat, written by the worker that runs it. procrastinate's
 -- worker heartbeat stops while the database is away (and its worker id changes when it

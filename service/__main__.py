@@ -32,7 +32,20 @@ def cmd_web(_: argparse.Namespace) -> int:
 
     settings = _settings()
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        # uvicorn has no deadline for request headers (a reverse proxy in front has one); what
+        # it has: idle keep-alive connections closed after 5 s, request heads over 16 KiB
+        # refused, and past CITRUS_MAX_CONNECTIONS open connections an immediate 503 instead of
+        # running out of file descriptors. Bodies get CITRUS_BODY_TIMEOUT in the app (BodyLimit).
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
+        limit_concurrency=settings.max_connections,
+    )
     return 0
 
 
@@ -64,7 +77,8 @@ def cmd_all(_: argparse.Namespace) -> int:
         subprocess.Popen([sys.executable, "-m", "service", "worker"]),
     ]
     print(
-        f"citrus-deploy: web on http://{settings.host}:{settings.port} (docs at /docs), "
+        f"citrus-deploy: web on http://{settings.host}:{settings.port}"
+        f"{' (docs at /docs)' if settings.docs_enabled else ''}, "
         f"worker with concurrency {settings.worker_concurrency}, deployer {settings.deployer}",
         flush=True,
     )
@@ -197,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="web + worker + a throwaway PostgreSQL, deploying through the engine stand-in"
     ).set_defaults(func=cmd_demo)
     stale_cmd = sub.add_parser("stale-check", help="run the stale-agent check once")
-    stale_cmd.add_argument("--timeout", type=float, help="seconds (default AGENT_CONNECT_TIMEOUT)")
+    from service.stale import timeout_argument
+
+    stale_cmd.add_argument(
+        "--timeout",
+        type=timeout_argument,  # finite and >= 0, or a usage error naming --timeout
+        help="seconds, finite and >= 0 (default AGENT_CONNECT_TIMEOUT)",
+    )
     stale_cmd.add_argument(
         "--remediate", action="store_true", help="also queue the destroy of failed servers"
     )

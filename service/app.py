@@ -1,4 +1,4 @@
-"""The HTTP service: thin routes over service.deployments, OpenAPI at /docs.
+"""The HTTP service: thin routes over service.deployments, OpenAPI at /openapi.json.
 
 Every /admin route needs `Authorization: Bearer <ADMIN_TOKEN>` (compared in constant time).
 Errors are JSON `{"success": false, "error": <code>, "message": ..., "fields": [...]}` with an
@@ -8,8 +8,11 @@ logged). The web process never runs Pulumi: it enqueues, and reads what workers 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import importlib.resources
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,15 +23,20 @@ import psycopg
 import psycopg_pool
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from procrastinate import PsycopgConnector
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from citrus.errors import DatabaseUnreachable, InvalidValue
+from citrus import validation
+from citrus.errors import CitrusError, DatabaseUnreachable, InvalidValue
 from citrus.validation import SERVER_NAME_MAX
+from db import queries
 from service import deployments, tasks
 from service.deployments import Deployment, DeploymentConflict, NotFound, Server
 from service.pool import open_pool
@@ -38,6 +46,7 @@ log = logging.getLogger("citrus.web")
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 NAME_PATTERN = rf"^(?:{_LABEL}(?:\.{_LABEL})*)?$"  # empty = the generated name
+PATH_NAME_PATTERN = rf"^{_LABEL}(?:\.{_LABEL})*$"
 
 STARTED_MESSAGE = "Server with agent deployment initiated"
 DESTROY_MESSAGE = "Server destruction initiated"
@@ -225,10 +234,12 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Malformed request body (not JSON).",
         401: "Missing or wrong bearer token.",
         404: "No such server or deployment.",
+        408: "The request body did not arrive within CITRUS_BODY_TIMEOUT.",
         409: "A deployment is already queued or running for that name, or the name is in use.",
         413: "Request body too large.",
         422: "A value breaks its rule; `fields` names each.",
-        503: "The database is unreachable; retry later.",
+        503: "The database is unreachable, or (`queue_full`) CITRUS_MAX_QUEUED deployments are "
+        "queued or running; nothing was changed, retry after `Retry-After` seconds.",
     }
     return {c: {"model": ErrorBody, "description": descriptions[c]} for c in codes}
 
@@ -239,6 +250,42 @@ DB_DOWN = (
     psycopg_pool.PoolClosed,
     DatabaseUnreachable,
 )
+
+QUEUE_RETRY_AFTER = "60"
+
+
+class QueueFull(CitrusError):
+    """CITRUS_MAX_QUEUED deployments are queued or running: a new one would wait behind them."""
+
+
+def _method_table(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each documented path and the methods of its operations."""
+    table = []
+    for path, operations in app.openapi()["paths"].items():
+        regex, _, _ = compile_path(path)
+        table.append((regex, frozenset(method.upper() for method in operations)))
+    return table
+
+
+def allowed_methods(app: FastAPI, scope: Scope, routed: str | None) -> list[str]:
+    """`Allow` for a 405: the methods of every documented path that matches, HEAD with GET.
+
+    Starlette's 405 names only the first route that matched the path (`routed`), and GET and
+    DELETE of /admin/servers/{name} are two routes: it would answer `Allow: GET`. Paths outside
+    the schema (/openapi.json, /docs) keep the routed methods.
+    """
+    table: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(
+        app.state, "method_table", None
+    )
+    if table is None:
+        table = app.state.method_table = _method_table(app)
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    found = {method for regex, methods in table if regex.match(path) for method in methods}
+    if not found:
+        found = {m.strip() for m in (routed or "").split(",") if m.strip()}
+    if "GET" in found:
+        found.add("HEAD")  # HeadAsGet
+    return sorted(found)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -284,14 +331,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     for cls in DB_DOWN:
         app.add_exception_handler(cls, database_down)
 
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return error(503, "queue_full", str(exc), headers={"Retry-After": QUEUE_RETRY_AFTER})
+
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's own answer to a body it could not decode (not UTF-8, nested too deep):
+            # the same error as JSON that does not parse.
+            return error(400, "malformed_json", "the request body could not be read as JSON")
         codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope, headers.get("Allow")))
         return error(
             exc.status_code,
             codes.get(exc.status_code, "http_error"),
             str(exc.detail),
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
@@ -304,11 +362,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """413 for a body over `limit` bytes, whether announced (Content-Length) or streamed."""
+    """413 for a body over `limit` bytes, whether announced (Content-Length) or streamed; 408
+    for one not all there `timeout` seconds after the headers.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    The body (at most `limit` bytes) is read before the app sees any of it, so the deadline
+    covers every route. uvicorn has no body deadline of its own: without this, a client that
+    announces a body and stops half-way holds its connection and its task for ever.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -319,23 +384,24 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._reject(scope, receive, send)
             return
-        if declared is not None:
-            await self.app(scope, receive, send)
-            return
-        # Streamed (chunked) body: read it up to the limit before the app sees any of it.
         chunks: list[Message] = []
         seen = 0
-        while True:
-            message = await receive()
-            chunks.append(message)
-            if message["type"] != "http.request":
-                break
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                await self._reject(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    chunks.append(message)
+                    if message["type"] != "http.request":
+                        break
+                    seen += len(message.get("body", b""))
+                    if seen > self.limit or not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await self._too_slow(scope, receive, send)
+            return
+        if seen > self.limit:
+            await self._reject(scope, receive, send)
+            return
 
         async def replay() -> Message:
             return chunks.pop(0) if chunks else await receive()
@@ -345,6 +411,41 @@ class BodyLimit:
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error(413, "body_too_large", f"the request body is over {self.limit} bytes")
         await response(scope, receive, send)
+
+    async def _too_slow(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Connection: close, or the server would wait on the same connection for the rest of
+        # the body it just gave up on.
+        response = error(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {self.timeout:g} s (CITRUS_BODY_TIMEOUT)",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+class HeadAsGet:
+    """HEAD answers what GET would, headers and all, without the body.
+
+    FastAPI routes only the methods a route declares, and declaring HEAD would put a second
+    operation per path into the OpenAPI schema.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        # A copy: the server keeps its own scope, and with it knows this was a HEAD.
+        await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
 # -- dependencies ------------------------------------------------------------------------------
@@ -375,7 +476,26 @@ async def get_pool(request: Request) -> psycopg_pool.AsyncConnectionPool[Any]:
 
 
 Pool = Annotated[psycopg_pool.AsyncConnectionPool[Any], Depends(get_pool)]
-ServerName = Annotated[str, Path(description="The server's name.", max_length=255)]
+
+
+async def server_name(
+    name: Annotated[
+        str,
+        Path(
+            description="The server's name.",
+            json_schema_extra={"pattern": PATH_NAME_PATTERN, "maxLength": SERVER_NAME_MAX},
+        ),
+    ],
+) -> str:
+    """The name, checked by the rule every server name was created under (422 naming it).
+
+    A name no server can have is a bad request rather than a miss, and it must not reach
+    PostgreSQL: a NUL byte in a text parameter is an error there, not a row not found.
+    """
+    return validation.server_name(name, "name")
+
+
+ServerName = Annotated[str, Depends(server_name)]
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -387,10 +507,53 @@ def web_pool(settings: Settings) -> psycopg_pool.AsyncConnectionPool[Any]:
     return open_pool(settings, max_size=settings.db_pool_size, autocommit=True)
 
 
+DOCS_ASSETS = "/docs/assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs, its script and styles served from the fastapi-offline package.
+
+    FastAPI's own page loads them from a CDN without integrity checks, and operators type the
+    admin token into that page ("Authorize"): no third-party script may run there.
+    """
+    assets = importlib.resources.files("fastapi_offline").joinpath("static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            # null: no badge fetched from the online validator.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI app. Checks at once that the settings make valid stacks (SettingsError)."""
     settings.check_stack_config()
     tail = settings.output_tail_chars
+
+    async def queue_has_room(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        """QueueFull (503, nothing changed) while max_queued deployments are queued or running.
+
+        Requests in flight at the same moment can each still see room, so the cap can be passed
+        by as many as arrive together; it bounds a flood, it is not a quota.
+        """
+        cap = settings.max_queued
+        if cap == 0:
+            return
+        async with pool.connection() as conn:
+            cur = await conn.execute(queries.load()["count_active_deployments"], {"cap": cap})
+            row = await cur.fetchone()
+        if row is not None and row[0] >= cap:
+            raise QueueFull(
+                f"{cap} deployments are queued or running (CITRUS_MAX_QUEUED); nothing was "
+                f"changed, retry in {QUEUE_RETRY_AFTER} s"
+            )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -409,9 +572,19 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Deploy DigitalOcean droplets running a credentialed Citrus agent.",
         version="1.0.0",
         lifespan=lifespan,
+        docs_url=None,  # _install_docs, when settings.docs_enabled
+        redoc_url=None,  # CDN-only in FastAPI
+        # Its redirect (/admin/servers/ -> /admin/servers) builds an absolute URL from the
+        # request's Host header, which the client chooses: a 404 instead.
+        redirect_slashes=False,
     )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
+    app.add_middleware(HeadAsGet)
     _install_error_handlers(app)
+    if settings.docs_enabled:
+        _install_docs(app)
     admin = APIRouter(prefix="/admin", dependencies=[Depends(authenticated)])
 
     @admin.post(
@@ -424,7 +597,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "model": DeployAccepted,
                 "description": "Queued (or still running after the wait). Location: the server.",
             },
-            **_responses(400, 401, 409, 413, 422, 503),
+            **_responses(400, 401, 408, 409, 413, 422, 503),
         },
         summary="Deploy a new server with its agent",
     )
@@ -440,19 +613,36 @@ def create_app(settings: Settings) -> FastAPI:
         ] = None,
     ) -> JSONResponse:
         name = body.name if body and body.name else None
+        await queue_has_room(pool)
         dep = await deployments.enqueue_up(pool, name)
         location = {"Location": f"/admin/servers/{dep.server_name}"}
         if wait:
             limit = min(timeout or settings.wait_max_seconds, settings.wait_max_seconds)
-            dep = await deployments.wait_until_finished(pool, dep.id, limit)
-            if dep.finished:
-                server = await deployments.get_server(pool, dep.server_name, tail=tail)
-                ok = dep.state == "succeeded"
-                message = (
-                    "Server with agent deployed" if ok else f"Server deployment failed: {dep.error}"
+            # From here on the deployment is stored and queued: whatever cuts the wait short
+            # (the database restarting, ...) the answer is the 202 below. An error answer would
+            # read "nothing was changed", and its retry would queue a second server.
+            try:
+                dep = await deployments.wait_until_finished(pool, dep.id, limit)
+                if dep.finished:
+                    server = await deployments.get_server(pool, dep.server_name, tail=tail)
+                    ok = dep.state == "succeeded"
+                    message = (
+                        "Server with agent deployed"
+                        if ok
+                        else f"Server deployment failed: {dep.error}"
+                    )
+                    finished = DeployFinished(
+                        success=ok, message=message, server=server_out(server)
+                    )
+                    return JSONResponse(finished.model_dump(mode="json"), headers=location)
+            except DB_DOWN as exc:
+                log.warning(
+                    "deployment %s queued; its wait ended early, database unreachable (%s)",
+                    dep.id,
+                    type(exc).__name__,
                 )
-                finished = DeployFinished(success=ok, message=message, server=server_out(server))
-                return JSONResponse(finished.model_dump(mode="json"), headers=location)
+            except Exception:
+                log.exception("deployment %s queued; its wait ended early", dep.id)
         accepted = DeployAccepted(
             success=True,
             message=STARTED_MESSAGE,
@@ -481,7 +671,11 @@ def create_app(settings: Settings) -> FastAPI:
                     name=s.name,
                     status=s.status,  # type: ignore[arg-type]
                     ipv4Address=s.ipv4_address,
-                    agent=AgentOut(id=s.agent_id, status=s.agent_status),  # type: ignore[arg-type]
+                    agent=AgentOut(
+                        id=s.agent_id,
+                        name=s.agent_name,
+                        status=s.agent_status,  # type: ignore[arg-type]
+                    ),
                     deploymentId=s.deployment_id,
                     deploymentKind=s.deployment_kind,  # type: ignore[arg-type]
                     deploymentState=s.deployment_state,  # type: ignore[arg-type]
@@ -511,6 +705,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Destroy the server's stack and its rows",
     )
     async def delete_server(pool: Pool, name: ServerName) -> JSONResponse:
+        await queue_has_room(pool)
         dep = await deployments.enqueue_destroy(pool, name)
         body = DestroyAccepted(
             success=True, message=DESTROY_MESSAGE, deployment=deployment_out(dep)

@@ -33,7 +33,9 @@ log = logging.getLogger("citrus.deployments")
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "needs_operator")
-_GENERATED_NAME_TRIES = 50
+# Suffixes a generated name may take (server-<millis>, -2, ...): that many POSTs in one
+# millisecond, far beyond what any number of web processes can write.
+_GENERATED_NAME_TRIES = 1000
 
 
 class DeploymentConflict(CitrusError):
@@ -109,7 +111,11 @@ def server_status(
 
 
 def default_names(now_ms: int) -> tuple[str, str]:
-    """The old platform's rule when no name is given."""
+    """The old platform's rule when no name is given.
+
+    When the server name is taken, the database adds the same suffix to both (`-2`, `-3`, ...):
+    see deployments_insert_generated_up in db/schema.sql.
+    """
     return f"server-{now_ms}", f"agent-{now_ms}"
 
 
@@ -118,26 +124,57 @@ async def enqueue_up(
 ) -> Deployment:
     """Queues an `up` for `name` (validated), or for `server-<unix millis>` when None.
 
-    Raises InvalidValue for a bad name, DeploymentConflict when the name is taken. A generated
-    name that is taken (two requests in one millisecond) moves on to the next millisecond.
+    Raises InvalidValue for a bad name, DeploymentConflict when the name is taken (in any case:
+    names are hostnames). A generated name that is taken (requests in the same millisecond) gets
+    the first free suffix, `server-<millis>-2` and on, chosen by the database in the insert.
     """
     if name is not None:
         validation.server_name(name, "name")
         return await _enqueue(pool, "up", name, {"serverName": name})
-    now_ms = int(time.time() * 1000)
-    for offset in range(_GENERATED_NAME_TRIES):
-        server, agent = default_names(now_ms + offset)
+    server, agent = default_names(int(time.time() * 1000))
+    generated = {"server_base": server, "agent_base": agent, "tries": _GENERATED_NAME_TRIES}
+    return await _enqueue(pool, "up", server, {}, generated=generated)
+
+
+async def enqueue_destroy(
+    pool: AsyncConnectionPool[Any], name: str, *, only_if_failed: bool = False
+) -> Deployment:
+    """Queues a `destroy`; NotFound for an unknown name, DeploymentConflict if one is running.
+
+    `only_if_failed` (remediation): the statement that queues it decides, with the server's and
+    its agent's rows locked, that the server is still 'failed' and its agent not 'online' (or
+    that a failed `up` never wrote the row); if not, nothing is queued and DeploymentConflict
+    says so (reason "not_failed"). An agent coming online while it decides is not missed:
+    db/queries.sql, remediate_enqueue_destroy.
+    """
+    if only_if_failed:
+        from service import tasks
+
+        params = {
+            "server_name": name,
+            "queue": tasks.destroy.queue,
+            "task_name": tasks.destroy.name,
+            "priority": tasks.destroy.priority,
+        }
         try:
-            return await _enqueue(pool, "up", server, {"serverName": server, "agentName": agent})
-        except DeploymentConflict:
-            continue
-    raise DeploymentConflict(
-        "could not find a free generated name; give one", reason="name_in_use", server_name=server
-    )
-
-
-async def enqueue_destroy(pool: AsyncConnectionPool[Any], name: str) -> Deployment:
-    """Queues a `destroy`; NotFound for an unknown name, DeploymentConflict if one is running."""
+            async with pool.connection() as conn:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(queries.load()["remediate_enqueue_destroy"], params)
+                row = await cur.fetchone()
+        except pg_errors.UniqueViolation as exc:
+            raise DeploymentConflict(
+                f"a deployment for {name!r} is already queued or running",
+                reason="deployment_in_progress",
+                server_name=name,
+            ) from exc
+        if row is None:
+            raise DeploymentConflict(
+                f"server {name!r} is no longer failed, or its agent is online: not destroyed",
+                reason="not_failed",
+                server_name=name,
+            )
+        log.info("queued destroy of %s: deployment %s, job %s", name, row["id"], row["job_id"])
+        return Deployment.from_row(row)
     server = await get_server(pool, name)
     # The same non-secret config as the stack's last `up` (e.g. its agentName).
     config = await _last_config(pool, name) or {"serverName": name}
@@ -145,12 +182,18 @@ async def enqueue_destroy(pool: AsyncConnectionPool[Any], name: str) -> Deployme
 
 
 async def _enqueue(
-    pool: AsyncConnectionPool[Any], kind: str, name: str, config: dict[str, str]
+    pool: AsyncConnectionPool[Any],
+    kind: str,
+    name: str,
+    config: dict[str, str],
+    *,
+    generated: dict[str, Any] | None = None,
 ) -> Deployment:
     """Inserts the deployment and its queue job with one statement (one round trip).
 
     The job is the one `task.configure(lock=name, queueing_lock=name).defer(deployment_id=...)`
     would write, through procrastinate's defer function, so a worker cannot tell the difference.
+    With `generated` (base names and tries), the database picks the name and its config.
     """
     from service import tasks
 
@@ -162,27 +205,56 @@ async def _enqueue(
         "queue": task.queue,
         "task_name": task.name,
         "priority": task.priority,
+        **(generated or {}),
     }
+    query = "name_insert_generated_up" if generated else "insert_deployment"
     try:
         async with pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(queries.load()["insert_deployment"], params)
+            await cur.execute(queries.load()[query], params)
             row = await cur.fetchone()
     except pg_errors.UniqueViolation as exc:
         # deployments_one_active, or the job's queueing lock: either way one is in flight.
+        holder = await _holder(pool, name, "deployment")
         raise DeploymentConflict(
-            f"a deployment for {name!r} is already queued or running",
+            f"a deployment for {holder!r} is already queued or running{_case_note(name, holder)}",
             reason="deployment_in_progress",
-            server_name=name,
+            server_name=holder,
         ) from exc
-    if row is None:
+    if row is None and generated:
         raise DeploymentConflict(
-            f"a server named {name!r} already exists; DELETE it first or choose another name",
+            f"no free generated name from {name!r} to {name}-{generated['tries']}; give a name",
             reason="name_in_use",
             server_name=name,
         )
-    log.info("queued %s of %s: deployment %s, job %s", kind, name, row["id"], row["job_id"])
+    if row is None:
+        holder = await _holder(pool, name, "server")
+        raise DeploymentConflict(
+            f"a server named {holder!r} already exists{_case_note(name, holder)}; "
+            "DELETE it first or choose another name",
+            reason="name_in_use",
+            server_name=holder,
+        )
+    log.info(
+        "queued %s of %s: deployment %s, job %s", kind, row["server_name"], row["id"], row["job_id"]
+    )
     return Deployment.from_row(row)
+
+
+async def _holder(pool: AsyncConnectionPool[Any], name: str, what: str) -> str:
+    """The name, as written, of the server row or active deployment that holds `name`.
+
+    Names are unique in any case, so it may differ from `name` in case: the 409 names it and
+    its Location points at it. Gone meanwhile (finished, deleted): `name` itself.
+    """
+    async with pool.connection() as conn:
+        row = await _one(conn, "name_holders", {"server_name": name})
+    holder: str | None = (row or {}).get(what)
+    return holder or name
+
+
+def _case_note(name: str, holder: str) -> str:
+    return "" if holder == name else f" (names are hostnames: {name!r} is the same name)"
 
 
 async def _last_config(pool: AsyncConnectionPool[Any], name: str) -> dict[str, str] | None:
@@ -237,7 +309,7 @@ async def get_server(pool: AsyncConnectionPool[Any], name: str, *, tail: int = 4
         name=name,
         status=server_status(row.get("status"), current, last.state if last else None),
         droplet_id=row.get("digital_ocean_id"),
-        ipv4_address=outputs.get("ipv4Address") if row else None,
+        ipv4_address=outputs.get("ipv4Address") if row.get("name") else None,
         region=row.get("region"),
         size=row.get("size"),
         agent_id=row.get("agent_id"),
@@ -256,6 +328,7 @@ class ServerSummary:
     droplet_id: str | None
     ipv4_address: str | None
     agent_id: str | None
+    agent_name: str | None
     agent_status: str | None
     deployment_id: int | None
     deployment_kind: str | None
@@ -288,6 +361,7 @@ async def list_servers(
                 droplet_id=r["digital_ocean_id"],
                 ipv4_address=r["ipv4_address"] if r["server_status"] else None,
                 agent_id=r["agent_id"],
+                agent_name=r["agent_name"],
                 agent_status=r["agent_status"],
                 deployment_id=r["deployment_id"],
                 deployment_kind=r["deployment_kind"],
@@ -397,7 +471,9 @@ async def failed_servers_without_deployment(
     backoff_max: float = 6 * 3600,
     limit: int = 100,
 ) -> Sequence[str]:
-    """Failed servers to destroy now; one whose destroy keeps failing waits longer each time."""
+    """Failed servers to destroy now (never one whose agent is online); one whose destroy keeps
+    failing waits longer each time. A list to act on with enqueue_destroy(only_if_failed=True),
+    which decides again."""
     params = {"limit": limit, "backoff": backoff, "backoff_max": backoff_max}
     async with pool.connection() as conn:
         cur = await conn.execute(queries.load()["select_failed_servers_without_deployment"], params)

@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "citrus-deploy"
 PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "password", "token", "admin"}
 ADMIN_TOKEN_MIN = 16
+# What a bearer token can be: it travels as `Authorization: Bearer <token>`, an HTTP header, and
+# is compared byte for byte. Whitespace (a newline left by `$(cat file)`), control characters
+# and non-ASCII would make a token that no client can send as set, or one whose length counts
+# characters that are not secret.
+ADMIN_TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
 
 # Stand-ins the engine stand-in uses when a real value is not set: it fakes DigitalOcean and never
 # contacts the hub or the agent repository, but the program's rules still want these fields.
@@ -126,6 +131,18 @@ class Settings(BaseSettings):
     db_timeout_seconds: Seconds = Field(5, validation_alias="CITRUS_DB_TIMEOUT")
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias="CITRUS_DB_POOL_SIZE")
     output_tail_chars: int = Field(4000, ge=0, le=1048576, validation_alias="CITRUS_OUTPUT_TAIL")
+    # A request body must arrive within this many seconds of the headers (uvicorn has no such
+    # deadline: a client that stops half-way would hold its connection for ever).
+    body_timeout_seconds: Seconds = Field(10, le=600, validation_alias="CITRUS_BODY_TIMEOUT")
+    # Open connections (idle keep-alive ones included) one web process serves; past it uvicorn
+    # answers 503 at once instead of running out of file descriptors.
+    max_connections: int = Field(1000, ge=1, le=100_000, validation_alias="CITRUS_MAX_CONNECTIONS")
+    # POST/DELETE answer 503 queue_full while this many deployments are queued or running
+    # (0: no cap). Workers take minutes per deployment: past this, a client loops or floods.
+    max_queued: int = Field(1000, ge=0, le=10_000_000, validation_alias="CITRUS_MAX_QUEUED")
+    # Swagger UI at /docs (assets from the fastapi-offline package, never a CDN). Unset: on with
+    # CITRUS_ENV=development, off otherwise: an operator types the token into its page.
+    docs: bool | None = Field(None, validation_alias="CITRUS_DOCS")
 
     @field_validator("pulumi_backend_url")
     @classmethod
@@ -144,6 +161,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _secrets_are_real(self) -> Settings:
         token = self.admin_token.get_secret_value()
+        if token and not set(token) <= ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                "ADMIN_TOKEN may hold only printable ASCII without spaces (it is sent as "
+                "`Authorization: Bearer <token>`): no whitespace (such as a newline at the end "
+                "of the file it was read from), no control characters, no non-ASCII"
+            )
         if self.citrus_env != "development":
             if token.lower() in PLACEHOLDERS or len(token) < ADMIN_TOKEN_MIN:
                 raise ValueError(

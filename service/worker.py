@@ -304,15 +304,18 @@ class Maintenance:
 async def remediate(pool: AsyncConnectionPool[Any], *, backoff: float) -> list[str]:
     """Enqueues the destroy of every failed server with nothing queued or running.
 
-    A failed server is a servers row marked 'failed' or a failed `up` that never wrote its row
-    (db/queries.sql, select_failed_servers_without_deployment). After n failed destroys in a row
-    a server waits backoff * 2^(n-1) seconds (at most 6 hours) before the next one.
+    A failed server is a servers row marked 'failed' whose agent is not 'online', or a failed
+    `up` that never wrote its row (db/queries.sql, select_failed_servers_without_deployment).
+    After n failed destroys in a row a server waits backoff * 2^(n-1) seconds (at most 6 hours)
+    before the next one. The list is only a list: each destroy is queued by a statement that
+    decides again, on locked rows, so an agent that connects meanwhile keeps its server.
     """
     queued = []
     for name in await deployments.failed_servers_without_deployment(pool, backoff=backoff):
         try:
-            dep = await deployments.enqueue_destroy(pool, name)
-        except deployments.DeploymentConflict:
+            dep = await deployments.enqueue_destroy(pool, name, only_if_failed=True)
+        except deployments.DeploymentConflict as exc:
+            log.info("remediation: %s", exc)
             continue
         log.warning("remediation: queued destroy of failed server %s (deployment %s)", name, dep.id)
         queued.append(name)

@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 
 from db import queries
 from db.__main__ import migrate
@@ -134,14 +135,23 @@ def test_two_checkers_at_once_change_each_row_once(database: str) -> None:
     assert rows(database, "SELECT status, count(*) FROM agents GROUP BY 1") == [("failed", 3000)]
 
 
-def test_only_servers_whose_agent_is_still_offline_stay_awaiting(fleet: str) -> None:
+def test_only_servers_whose_agent_is_offline_or_failed_by_the_check_stay_awaiting(
+    fleet: str,
+) -> None:
     asyncio.run(run_check(fleet))
 
     awaiting = rows(
         fleet,
-        "SELECT s.name FROM servers_awaiting_agent w JOIN servers s ON s.id = w.server_id",
+        "SELECT s.name, w.failed FROM servers_awaiting_agent w "
+        "JOIN servers s ON s.id = w.server_id ORDER BY 1",
     )
-    assert awaiting == [("young-1",)]
+    # The failed ones wait for an agent that connects late; failed-deploy is not among them.
+    assert awaiting == [
+        ("late-row", True),
+        ("stale-1", True),
+        ("stale-2", True),
+        ("young-1", False),
+    ]
 
 
 def test_a_server_failed_by_its_deployment_stays_failed_and_leaves_the_queue(
@@ -160,17 +170,25 @@ def test_a_server_failed_by_its_deployment_stays_failed_and_leaves_the_queue(
 
 
 def test_server_status_changes_write_no_index_entry(fleet: str) -> None:
-    """Every servers update of the check is HOT: no index mentions servers.status."""
+    """Every servers update of the check is HOT: no index mentions servers.status; so is the
+    marking of servers_awaiting_agent rows (no index mentions `failed`)."""
     sql = queries.load()
     with psycopg.connect(fleet) as conn:  # one transaction, so its own statistics are visible
+        conn.execute(sql["stale_recover_failed_servers"])
         conn.execute(sql["fail_stale_agents"], {"timeout_seconds": TIMEOUT})
         conn.execute(sql["settle_provisioning_servers"])
-        ((updated, hot),) = conn.execute(
-            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
-            "WHERE relname = 'servers'"
-        ).fetchall()
+        conn.execute("UPDATE agents SET status = 'online' WHERE name = 'agent-stale-1'")
+        conn.execute(sql["stale_recover_failed_servers"])
+        updates: dict[str, list[int]] = dict(
+            conn.execute(
+                "SELECT relname, array[n_tup_upd, n_tup_hot_upd] FROM pg_stat_xact_user_tables "
+                "WHERE relname IN ('servers', 'servers_awaiting_agent')"
+            ).fetchall()
+        )
 
-    assert (updated, hot) == (5, 5)  # stale-1, stale-2, late-row failed; online-* active
+    # stale-1, stale-2, late-row failed; online-* active; stale-1 active again
+    assert updates["servers"] == [6, 6]
+    assert updates["servers_awaiting_agent"] == [3, 3]  # stale-1, stale-2, late-row marked
 
 
 def test_migrate_queues_provisioning_servers_written_before_the_trigger(database: str) -> None:
@@ -298,3 +316,210 @@ def test_get_shows_the_flipped_row(service_db: str, client: TestClient) -> None:
     shown = client.get("/admin/servers/stale-1", headers=AUTH).json()
 
     assert (shown["status"], shown["agent"]["status"]) == ("failed", "failed")
+
+
+# -- an agent that connects late (after the check failed it) ------------------------------------
+
+
+def hub_connects(conninfo: str, name: str) -> None:
+    """What the Engine Hub does when an agent connects, whatever the row's status was."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("UPDATE agents SET status = 'online' WHERE name = %s", (f"agent-{name}",))
+
+
+async def run_check_with(conninfo: str, timeout: float) -> stale.StaleResult:
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        return await stale.check(conn, timeout)
+
+
+def test_a_server_failed_for_a_slow_agent_becomes_active_when_the_agent_connects(
+    database: str,
+) -> None:
+    with psycopg.connect(database) as conn:
+        add(conn, "slow-1", agent="offline", age_minutes=1)
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state) "
+            "VALUES ('slow-1', 'up', 'succeeded')"
+        )
+    failed = asyncio.run(run_check_with(database, 0))
+    assert (failed.failed_agents, failed.failed_servers) == (["agent-slow-1"], ["slow-1"])
+
+    hub_connects(database, "slow-1")
+    result = asyncio.run(run_check(database))
+
+    assert states(database)["slow-1"] == ("online", "active")
+    assert (result.active_servers, result.recovered_servers) == (["slow-1"], ["slow-1"])
+    assert rows(database, "SELECT count(*) FROM servers_awaiting_agent") == [(0,)]
+    assert asyncio.run(run_check(database)).changed == 0
+
+
+def test_a_server_written_after_its_agent_failed_becomes_active_when_the_agent_connects(
+    fleet: str,
+) -> None:
+    asyncio.run(run_check(fleet))
+    assert states(fleet)["late-row"] == ("failed", "failed")
+
+    hub_connects(fleet, "late-row")
+    result = asyncio.run(run_check(fleet))
+
+    assert result.recovered_servers == ["late-row"]
+    assert states(fleet)["late-row"] == ("online", "active")
+
+
+def test_a_server_failed_by_its_deployment_stays_failed_when_its_late_agent_connects(
+    database: str,
+) -> None:
+    with psycopg.connect(database) as conn:  # as deployments.fail records it
+        add(conn, "deploy-broke", agent="offline", age_minutes=1)
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, error) "
+            "VALUES ('deploy-broke', 'up', 'failed', 'boom')"
+        )
+        conn.execute(queries.load()["fail_server"], {"server_name": "deploy-broke"})
+    asyncio.run(run_check_with(database, 0))  # its agent fails too; the server was failed before
+    assert states(database)["deploy-broke"] == ("failed", "failed")
+
+    hub_connects(database, "deploy-broke")
+    result = asyncio.run(run_check(database))
+
+    assert result.changed == 0
+    assert states(database)["deploy-broke"] == ("online", "failed")
+    assert rows(database, "SELECT count(*) FROM servers_awaiting_agent") == [(0,)]
+
+
+def test_a_server_back_to_provisioning_is_awaited_again_not_recovered(database: str) -> None:
+    with psycopg.connect(database) as conn:
+        add(conn, "again-1", agent="offline", age_minutes=1)
+    asyncio.run(run_check_with(database, 0))
+    with psycopg.connect(database) as conn:  # by hand, with a fresh agent row
+        conn.execute("UPDATE servers SET status = 'provisioning' WHERE name = 'again-1'")
+        conn.execute("UPDATE agents SET status = 'offline', created_at = now()")
+
+    asyncio.run(run_check(database))
+
+    assert states(database)["again-1"] == ("offline", "provisioning")
+    assert rows(database, "SELECT failed FROM servers_awaiting_agent") == [(False,)]
+
+
+def test_every_statement_of_the_check_has_an_index_path_to_servers_agents_and_deployments(
+    database: str,
+) -> None:
+    """With sequential scans priced out, one left on these tables means no index could serve it."""
+    sql = queries.load()
+    plans = []
+    with psycopg.connect(database) as conn:
+        conn.execute("SET enable_seqscan = off")
+        for name in (
+            "stale_recover_failed_servers",
+            "fail_stale_agents",
+            "settle_provisioning_servers",
+        ):
+            plan = conn.execute("EXPLAIN " + sql[name], {"timeout_seconds": TIMEOUT})
+            plans.append("\n".join(line for (line,) in plan.fetchall()))
+
+    for table in ("servers", "agents", "deployments"):
+        assert not [p for p in plans if f"Seq Scan on {table} " in p], table
+
+
+def test_recovery_looks_up_only_the_agents_of_failed_servers(database: str) -> None:
+    """Nearly every agent is online: a plain join would hash them all, every minute."""
+    with psycopg.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO agents (id, key, status, name, created_at) "
+            "SELECT gen_random_uuid(), repeat('c', 64), "
+            "       CASE WHEN i <= 2000 THEN 'offline' ELSE 'online' END, 'agent-bulk-' || i, "
+            "       now() - interval '1 hour' FROM generate_series(1, 40000) AS i"
+        )
+        conn.execute(
+            "INSERT INTO servers (name, digital_ocean_id, region, size, status, agent_id) "
+            "SELECT 'bulk-' || substr(name, 12), 'd-' || name, 'sfo3', 's', "
+            "       CASE WHEN status = 'offline' THEN 'provisioning' ELSE 'active' END, id "
+            "FROM agents"
+        )
+    asyncio.run(run_check(database))  # 2,000 servers failed, marked
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+        plan = conn.execute("EXPLAIN " + queries.load()["stale_recover_failed_servers"]).fetchall()
+    shown = "\n".join(line for (line,) in plan)
+
+    assert "Seq Scan on agents" not in shown, shown
+    assert "agents_pkey" in shown, shown
+
+
+# -- an `up` still in flight --------------------------------------------------------------------
+
+
+def test_an_agent_whose_up_is_still_running_is_left_alone(database: str) -> None:
+    """The agent row is written first and the server row after the droplet: a check between must
+    not fail an agent whose `up` will report success. Named as the program names it, by the
+    deployment's agentName or agent-<server name>."""
+    with psycopg.connect(database) as conn:
+        add(conn, "busy-1", agent="offline", age_minutes=60, server=None)
+        add(conn, "busy-2", agent="offline", age_minutes=60, server=None)
+        add(conn, "queued-1", agent="offline", age_minutes=60, server=None)
+        add(conn, "1700000000000", agent="offline", age_minutes=60, server=None)
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, config) VALUES "
+            "('busy-1', 'up', 'running', '{}'), "
+            "('busy-2', 'up', 'succeeded', '{}'), "
+            "('queued-1', 'up', 'queued', '{}'), "
+            "('server-1700000000000', 'up', 'running', %s)",
+            (Jsonb({"serverName": "server-1700000000000", "agentName": "agent-1700000000000"}),),
+        )
+
+    result = asyncio.run(run_check_with(database, 0))
+
+    assert result.failed_agents == ["agent-busy-2"]
+    assert states(database)["busy-1"] == ("offline", None)
+    assert states(database)["queued-1"] == ("offline", None)
+    assert states(database)["1700000000000"] == ("offline", None)
+
+
+def test_once_the_up_has_finished_the_timeout_counts_from_the_agent_row(database: str) -> None:
+    """The chosen rule: in flight, never failed; finished, AGENT_CONNECT_TIMEOUT after the agent
+    row as before (the `up` between the two rows takes a minute, not the timeout's ten)."""
+    with psycopg.connect(database) as conn:
+        add(conn, "busy-1", agent="offline", age_minutes=11, server=None)
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state) VALUES ('busy-1', 'up', 'running')"
+        )
+    assert asyncio.run(run_check(database)).changed == 0
+    with psycopg.connect(database) as conn:  # the provider writes the row, the `up` succeeds
+        agent_id = conn.execute("SELECT id FROM agents").fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO servers (name, digital_ocean_id, region, size, agent_id) "
+            "VALUES ('busy-1', 'd-busy-1', 'sfo3', 's', %s)",
+            (agent_id,),
+        )
+        conn.execute("UPDATE deployments SET state = 'succeeded'")
+
+    result = asyncio.run(run_check(database))
+
+    assert (result.failed_agents, result.failed_servers) == (["agent-busy-1"], ["busy-1"])
+
+
+# -- --timeout -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["-5", "-0.001", "nan", "inf", "-inf", "1e999", "ten"])
+def test_the_cli_refuses_a_timeout_that_is_not_finite_and_non_negative(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["stale-check", f"--timeout={value}"])
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --timeout" in err
+    assert "finite number of seconds >= 0" in err
+    assert value in err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -5.0])
+def test_the_check_refuses_a_timeout_that_is_not_finite_and_non_negative(
+    database: str, value: float
+) -> None:
+    with pytest.raises(ValueError, match="finite number of seconds >= 0"):
+        asyncio.run(run_check_with(database, value))
