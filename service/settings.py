@@ -35,7 +35,7 @@ TEST_ENGINE_STAND_INS = {
     "digitalocean:token": "test-engine-do-token",
 }
 
-Seconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # finite: a duration
 
 # The Pulumi CLI keeps state itself (a "DIY backend") only for these URL schemes (postgres://
 # since CLI 3.176); it takes any other URL for the address of a Pulumi Cloud service and tries

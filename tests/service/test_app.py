@@ -382,3 +382,10 @@ def test_a_service_that_cannot_build_valid_stacks_refuses_to_start(
 
     with pytest.raises(SettingsError, match="engineWsUrl"):
         create_app(settings)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_durations_must_be_finite_and_positive(service_db: str, tmp_path: Path, value: str) -> None:
+    """AGENT_CONNECT_TIMEOUT=inf used to pass, then failed every minutely check."""
+    with pytest.raises(SettingsError, match="AGENT_CONNECT_TIMEOUT"):
+        make_settings(service_db, tmp_path, AGENT_CONNECT_TIMEOUT=value)
