@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -42,6 +43,22 @@ def database(pg_server: PgServer) -> Iterator[str]:
     yield pg_server.conninfo(name)
     with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def insert_server(conninfo: str, name: str, status: str = "provisioning") -> str:
+    """A servers row and its agents row, as a finished `up` leaves them; returns the agent id."""
+    agent = str(uuid.uuid4())
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(
+            "INSERT INTO agents (id, key, name) VALUES (%s, %s, %s)",
+            (agent, "a" * 64, f"agent-{name}"),
+        )
+        conn.execute(
+            "INSERT INTO servers (name, digital_ocean_id, region, size, status, agent_id) "
+            "VALUES (%s, %s, 'sfo3', 's-1vcpu-512mb-10gb', %s, %s)",
+            (name, str(uuid.uuid4().int % 10**9), status, agent),
+        )
+    return agent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -18,6 +18,7 @@ from citrus.errors import RowConflict
 from db.__main__ import migrate
 from db.provider import AgentRowProvider, ServerRowProvider
 from standin.engine import ROOT, Engine, EngineError, stack_config
+from tests.conftest import insert_server
 from tests.integration.test_provider import agent_props, configured, server_props
 
 SERVER_ROW = "pulumi-python:dynamic/citrus:ServerRow"
@@ -99,26 +100,12 @@ def _old_rules(conninfo: str) -> None:
         )
 
 
-def _servers(conninfo: str, *server_names: str) -> None:
-    with psycopg.connect(conninfo) as conn:
-        for i, name in enumerate(server_names):
-            agent = str(uuid.uuid4())
-            conn.execute(
-                "INSERT INTO agents (id, key, name) VALUES (%s, %s, %s)",
-                (agent, "a" * 64, f"agent-{name}"),
-            )
-            conn.execute(
-                "INSERT INTO servers (name, digital_ocean_id, region, size, agent_id) "
-                "VALUES (%s, %s, 'sfo3', 's-1vcpu-512mb-10gb', %s)",
-                (name, str(1000 + i), agent),
-            )
-
-
 def test_migrate_lists_servers_that_differ_only_in_case_and_changes_nothing(
     database: str,
 ) -> None:
     _old_rules(database)
-    _servers(database, "WEB-UP", "web-up", "Web-Up", "db-1", "DB-1", "solo")
+    for name in ("WEB-UP", "web-up", "Web-Up", "db-1", "DB-1", "solo"):
+        insert_server(database, name)
 
     with pytest.raises(psycopg.Error) as exc:
         migrate(database)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from service import deployments
 from service.app import create_app
 from service.settings import SettingsError, load_settings
+from tests.conftest import insert_server
 from tests.service.conftest import AUTH, TOKEN, make_settings, rows, service_env
 
 DEPLOY = "/admin/servers/deploy-with-agent"
@@ -143,26 +144,10 @@ def test_second_post_for_a_running_name_is_409(client: TestClient, service_db: s
     assert rows(service_db, "SELECT count(*) FROM procrastinate_jobs") == [(1,)]
 
 
-def _insert_server(conninfo: str, name: str, status: str = "provisioning") -> None:
-    import uuid
-
-    agent = str(uuid.uuid4())
-    with __import__("psycopg").connect(conninfo) as conn:
-        conn.execute(
-            "INSERT INTO agents (id, key, name) VALUES (%s, %s, %s)",
-            (agent, "a" * 64, f"agent-{name}"),
-        )
-        conn.execute(
-            "INSERT INTO servers (name, digital_ocean_id, region, size, status, agent_id) "
-            "VALUES (%s, %s, 'sfo3', 's-1vcpu-512mb-10gb', %s, %s)",
-            (name, str(abs(hash(name)) % 10**9), status, agent),
-        )
-
-
 def test_post_for_an_existing_server_is_409_name_in_use(
     client: TestClient, service_db: str
 ) -> None:
-    _insert_server(service_db, "taken-1")
+    insert_server(service_db, "taken-1")
 
     response = client.post(DEPLOY, json={"name": "taken-1"}, headers=AUTH)
 
@@ -209,7 +194,7 @@ def test_delete_while_deploying_is_409(client: TestClient) -> None:
 
 
 def test_delete_queues_a_destroy_and_shows_destroying(client: TestClient, service_db: str) -> None:
-    _insert_server(service_db, "old-1", status="active")
+    insert_server(service_db, "old-1", status="active")
 
     response = client.delete("/admin/servers/old-1", headers=AUTH)
     shown = client.get("/admin/servers/old-1", headers=AUTH).json()
@@ -225,7 +210,7 @@ def test_delete_queues_a_destroy_and_shows_destroying(client: TestClient, servic
 
 
 def test_list_and_get_show_rows_and_deployments(client: TestClient, service_db: str) -> None:
-    _insert_server(service_db, "rowed-1", status="active")
+    insert_server(service_db, "rowed-1", status="active")
     client.post(DEPLOY, json={"name": "queued-1"}, headers=AUTH)
 
     listed = client.get("/admin/servers", headers=AUTH).json()["servers"]
@@ -330,7 +315,7 @@ def test_the_route_table_is_complete() -> None:
 def test_every_admin_route_needs_the_token(
     client: TestClient, service_db: str, method: str, path: str, headers: dict[str, str]
 ) -> None:
-    _insert_server(service_db, "web-1")
+    insert_server(service_db, "web-1")
 
     response = client.request(method, path, headers=headers, json={"name": "new-1"})
 

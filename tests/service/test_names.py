@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from standin.engine import ROOT
 from standin.pg import free_port
+from tests.conftest import insert_server
 from tests.service.conftest import AUTH, rows, service_env
 
 DEPLOY = "/admin/servers/deploy-with-agent"
@@ -108,7 +108,7 @@ def test_a_taken_generated_name_gets_the_next_suffix(
     monkeypatch.setattr("service.deployments.time.time", lambda: 1_700_000_000.123)
     # Taken in other ways: a servers row in another case, and an earlier deployment (finished,
     # no row: its stack may still exist, and a generated name never adopts another's stack).
-    _insert_server(service_db, "SERVER-1700000000123-2")
+    insert_server(service_db, "SERVER-1700000000123-2")
     with psycopg.connect(service_db) as conn:
         conn.execute(
             "INSERT INTO deployments (server_name, kind, state) "
@@ -132,20 +132,6 @@ def test_a_taken_generated_name_gets_the_next_suffix(
 # -- one name in any case ---------------------------------------------------------------------
 
 
-def _insert_server(conninfo: str, name: str) -> None:
-    agent = str(uuid.uuid4())
-    with psycopg.connect(conninfo) as conn:
-        conn.execute(
-            "INSERT INTO agents (id, key, name) VALUES (%s, %s, %s)",
-            (agent, "a" * 64, f"agent-{name}"),
-        )
-        conn.execute(
-            "INSERT INTO servers (name, digital_ocean_id, region, size, agent_id) "
-            "VALUES (%s, %s, 'sfo3', 's-1vcpu-512mb-10gb', %s)",
-            (name, str(uuid.uuid4()), agent),
-        )
-
-
 @pytest.mark.parametrize("variant", ["web-up", "Web-Up"])
 def test_a_case_variant_of_a_queued_name_is_409_in_progress(
     client: TestClient, service_db: str, variant: str
@@ -167,7 +153,7 @@ def test_a_case_variant_of_a_queued_name_is_409_in_progress(
 def test_a_case_variant_of_an_existing_server_is_409_name_in_use(
     client: TestClient, service_db: str, variant: str
 ) -> None:
-    _insert_server(service_db, "WEB-UP")
+    insert_server(service_db, "WEB-UP")
 
     response = client.post(DEPLOY, json={"name": variant}, headers=AUTH)
 

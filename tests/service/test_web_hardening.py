@@ -30,6 +30,7 @@ from service.app import create_app
 from service.settings import SettingsError, load_settings
 from standin.engine import ROOT
 from standin.pg import PgServer, free_port
+from tests.conftest import insert_server
 from tests.service.conftest import (
     AUTH,
     TOKEN,
@@ -47,24 +48,6 @@ ACCEPTED = re.compile(
     rb'"server":\{"id":null,"name":"(server-[0-9a-z-]+)","status":"provisioning",'
     rb'"agent":\{"id":null\}\}\}'
 )
-
-
-def _insert_server(conninfo: str, name: str, status: str = "active") -> str:
-    """A servers row and its agents row, as a finished `up` leaves them; returns the agent id."""
-    import uuid
-
-    agent = str(uuid.uuid4())
-    with psycopg.connect(conninfo) as conn:
-        conn.execute(
-            "INSERT INTO agents (id, key, name) VALUES (%s, %s, %s)",
-            (agent, "a" * 64, f"agent-{name}"),
-        )
-        conn.execute(
-            "INSERT INTO servers (name, digital_ocean_id, region, size, status, agent_id) "
-            "VALUES (%s, %s, 'sfo3', 's-1vcpu-512mb-10gb', %s, %s)",
-            (name, str(abs(hash(name)) % 10**9), status, agent),
-        )
-    return agent
 
 
 # -- ?wait=true: once the deployment is stored, the answer says so ------------------------------
@@ -309,7 +292,7 @@ def test_head_needs_the_token_like_get(client: TestClient) -> None:
 
 
 def test_the_list_names_each_agent(client: TestClient, service_db: str) -> None:
-    agent = _insert_server(service_db, "rowed-1")
+    agent = insert_server(service_db, "rowed-1", "active")
 
     (listed,) = client.get("/admin/servers", headers=AUTH).json()["servers"]
 
@@ -353,7 +336,7 @@ def capped(service_db: str, tmp_path: Path) -> Iterator[TestClient]:
 def test_a_full_queue_answers_503_queue_full_and_changes_nothing(
     capped: TestClient, service_db: str
 ) -> None:
-    _insert_server(service_db, "old-1")
+    insert_server(service_db, "old-1", "active")
     first = capped.post(DEPLOY, json={"name": "q-1"}, headers=AUTH)
     second = capped.post(DEPLOY, headers=AUTH)
 
