@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -317,4 +318,10 @@ def test_sigterm_stops_a_worker_cleanly(start_worker: Callable[..., Worker]) -> 
 
     worker.proc.send_signal(signal.SIGTERM)
 
-    assert worker.proc.wait(15) == 0
+    try:
+        code = worker.proc.wait(15)
+    except subprocess.TimeoutExpired:  # seen once in CI: say what the worker was doing
+        raise AssertionError(
+            f"no exit 15 s after SIGTERM:\n{worker.log.read_text()[-4000:]}"
+        ) from None
+    assert code == 0
