@@ -59,6 +59,7 @@ class AgentServerArgs:
     vpc_uuid: str | None = None
     monitoring: bool = False
     replace_on_boot_script_change: bool = False
+    boot_report_url: str = ""  # empty: the boot script reports nothing
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def load(
         vpc_uuid=check("vpcUuid", optional(validation.vpc_uuid)),
         monitoring=check("monitoring", validation.boolean),
         replace_on_boot_script_change=check("replaceOnBootScriptChange", validation.boolean),
+        boot_report_url=check("bootReportUrl", optional(validation.boot_report_url)) or "",
     )
     database_url = check("databaseUrl", _database_url)
     do_token = get_provider("token") or next(

@@ -7,6 +7,7 @@ ends up in a root shell script, so a value is allowed only if it is plainly harm
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from collections.abc import Iterable
@@ -101,6 +102,32 @@ def repo_url(value: object, field: str = "agentRepoUrl") -> str:
     if len(parts.path) < 2:
         raise InvalidValue(field, "must name a repository path, e.g. /owner/repo.git")
     return text
+
+
+def boot_report_url(value: object, field: str = "bootReportUrl") -> str:
+    """The service's base URL the boot script reports to: https, or plain http to a loopback or
+    private address (a VPC, or tests), where the log tail it sends crosses no public network."""
+    text = _url(value, field, schemes=("https", "http"))
+    parts = urlsplit(text)
+    if parts.scheme == "http" and not _is_private_host(parts.hostname or ""):
+        raise InvalidValue(
+            field,
+            "must use https; plain http only to a loopback or private address (10/8, "
+            "172.16/12, 192.168/16, fc00::/7, localhost)",
+        )
+    if parts.query:
+        raise InvalidValue(field, "must not have a query string")
+    return text
+
+
+def _is_private_host(host: str) -> bool:
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: whatever it resolves to, it could be public
+    return address.is_loopback or address.is_private
 
 
 def git_ref(value: object, field: str = "agentRepoRef") -> str:

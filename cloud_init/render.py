@@ -33,6 +33,10 @@ _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # noqa: S701 shell, not HTML: quoting is the shquote filter's job
     keep_trailing_newline=True,
+    # A `{% if %}` line leaves no blank line behind: without bootReportUrl the script is the
+    # same, byte for byte, as before boot reports existed (tests/golden/user_data.sh).
+    trim_blocks=True,
+    lstrip_blocks=True,
     # bash uses `{#` itself (`${#array[@]}`), so jinja comments take a longer marker.
     comment_start_string="{##",
     comment_end_string="##}",
@@ -51,11 +55,14 @@ class BootValues:
     repo_url: str
     repo_ref: str
     github_token: str
+    # The service's base URL; empty: the script reports nothing (and is unchanged).
+    boot_report_url: str = ""
 
     def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
         return (
             f"BootValues(agent_id={self.agent_id!r}, engine_ws_url={self.engine_ws_url!r}, "
-            f"repo_url={self.repo_url!r}, repo_ref={self.repo_ref!r}, <secrets hidden>)"
+            f"repo_url={self.repo_url!r}, repo_ref={self.repo_ref!r}, "
+            f"boot_report_url={self.boot_report_url!r}, <secrets hidden>)"
         )
 
 
@@ -68,6 +75,7 @@ def render(values: BootValues) -> str:
         "repo_url": validation.repo_url(values.repo_url),
         "repo_ref": validation.git_ref(values.repo_ref),
         "github_token": validation.github_token(values.github_token),
+        "boot_report_endpoint": boot_report_endpoint(values.boot_report_url, values.agent_id),
         "npm_version": NPM_VERSION,
         "npm_url": NPM_URL,
         "npm_sha512": NPM_SHA512,
@@ -79,6 +87,14 @@ def render(values: BootValues) -> str:
             "user_data", f"rendered to {size} bytes; DigitalOcean allows at most {USER_DATA_LIMIT}"
         )
     return script
+
+
+def boot_report_endpoint(base_url: str, agent_id: str) -> str:
+    """Where the script POSTs its reports (service/boot_reports.py); "" when reporting is off."""
+    if not base_url:
+        return ""
+    url = validation.boot_report_url(base_url)
+    return f"{url.rstrip('/')}/boot-reports/{validation.agent_id(agent_id)}"
 
 
 def template_digest() -> str:

@@ -11,6 +11,11 @@ from cloud_init.render import BootValues, render
 from db.provider import AgentRow, ServerRow
 
 AGENT_KEY_BYTES = 32
+# Config keys whose change makes DigitalOcean replace the droplet (a new droplet, a new IP): the
+# droplet arguments the provider cannot update in place. `python -m gitops plan` shows a change to
+# one as a replace. engineWsUrl, agentRepoUrl and agentRepoRef join them only for a stack with
+# replaceOnBootScriptChange (they change user_data, ignored otherwise; see _create_droplet).
+REPLACE_KEYS = frozenset({"region", "image", "sshKeys", "vpcUuid", "monitoring"})
 
 
 class AgentServer(pulumi.ComponentResource):
@@ -89,6 +94,7 @@ class AgentServer(pulumi.ComponentResource):
                 repo_url=args.agent_repo_url,
                 repo_ref=args.agent_repo_ref,
                 github_token=args.github_token,
+                boot_report_url=args.boot_report_url,
             )
         )
 

@@ -188,8 +188,10 @@ UPDATE deployments SET output = right(output || %(text)s, 1048576), updated_at =
 WHERE id = %(id)s;
 
 -- name: succeed_deployment
+-- program_hash: of the program the worker ran (an `up`); NULL keeps what the row holds.
 UPDATE deployments
-SET state = 'succeeded', outputs = %(outputs)s, error = NULL, finished_at = now(), updated_at = now()
+SET state = 'succeeded', outputs = %(outputs)s, error = NULL,
+    program_hash = coalesce(%(program_hash)s, program_hash), finished_at = now(), updated_at = now()
 WHERE id = %(id)s AND state = 'running';
 
 -- name: fail_deployment
@@ -288,6 +290,79 @@ SELECT d.*, '' AS output_tail,
 FROM deployment d;
 
 -- ---------------------------------------------------------------------------------------------
+-- GitOps (gitops/state.py): applies, their deployments, and who manages each server (the view
+-- server_ownership in db/schema.sql).
+
+-- name: insert_gitops_deployment
+-- A GitOps apply's `up` or `destroy`, enqueued as insert_deployment does (the row and its job in
+-- one statement, the job through procrastinate's defer function with lock = queueing_lock =
+-- the name), so a worker cannot tell the difference; the row also records where it came from.
+-- Unlike HTTP, an `up` of a name whose servers row exists is accepted: it is an update of that
+-- server. deployments_one_active and the queueing lock still refuse a second queued/running
+-- deployment of the name in any case. A `destroy` runs with the config of the name's last `up`
+-- (its agentName, size ...), else the given one, and gets no row when the name has neither a
+-- servers row nor any deployment: there is nothing to destroy.
+WITH deployment AS (
+    INSERT INTO deployments (server_name, kind, config, source, repository, commit, apply_id)
+    SELECT %(server_name)s, %(kind)s,
+           CASE WHEN %(kind)s = 'destroy'
+                THEN coalesce((SELECT u.config FROM deployments u
+                               WHERE u.server_name = %(server_name)s AND u.kind = 'up'
+                               ORDER BY u.id DESC LIMIT 1), %(config)s)
+                ELSE %(config)s END,
+           'gitops', %(repository)s, %(commit)s, %(apply_id)s
+    WHERE %(kind)s = 'up'
+       OR EXISTS (SELECT FROM servers WHERE lower(name) = lower(%(server_name)s))
+       OR EXISTS (SELECT FROM deployments WHERE lower(server_name) = lower(%(server_name)s))
+    RETURNING id, server_name, kind, state, config, outputs, error, attempts,
+              created_at, started_at, updated_at, finished_at
+)
+SELECT d.*, '' AS output_tail,
+       (procrastinate_defer_jobs_v1(ARRAY[ROW(
+           %(queue)s, %(task_name)s, %(priority)s, %(server_name)s, %(server_name)s,
+           jsonb_build_object('deployment_id', d.id), NULL
+       )::procrastinate_job_to_defer_v1]))[1] AS job_id
+FROM deployment d;
+
+-- name: select_deployed
+-- Every name someone manages, or with a deployment queued or running; free names (destroyed,
+-- no servers row) are left out. One pass over the whole fleet. The columns are in the order of
+-- gitops.state.Deployed's fields, which is built from each row as it comes.
+SELECT name, managed_by, repository, server_status, agent_status, droplet_id, applied_config,
+       applied_commit, applied_program, attempted_commit, last_kind, last_state, last_error, active,
+       region, size
+FROM server_ownership
+WHERE managed_by IS NOT NULL OR active;
+
+-- name: select_ownership
+-- The same for the given names (lowercase keys): the filter reaches the view's index scans.
+SELECT key, name, managed_by, repository, server_status, agent_status, droplet_id,
+       applied_config, applied_commit, applied_program, attempted_commit, last_kind, last_state,
+       last_error, active, region, size
+FROM server_ownership
+WHERE key = ANY (%(keys)s::text[]);
+
+-- name: insert_gitops_apply
+INSERT INTO gitops_applies (repository, commit, plan)
+VALUES (%(repository)s, %(commit)s, %(plan)s)
+RETURNING id;
+
+-- name: finish_gitops_apply
+UPDATE gitops_applies SET outcome = %(outcome)s, finished_at = now()
+WHERE id = %(id)s
+RETURNING id;
+
+-- name: select_apply_deployments
+SELECT id, server_name, kind, state, error
+FROM deployments WHERE apply_id = %(apply_id)s
+ORDER BY id;
+
+-- name: select_last_apply
+SELECT id FROM gitops_applies
+WHERE repository = %(repository)s AND commit = %(commit)s
+ORDER BY id DESC LIMIT 1;
+
+-- ---------------------------------------------------------------------------------------------
 -- The stale-agent check (service/stale.py). One statement per transition; each is safe when
 -- several run at once: a row already changed no longer matches and is skipped.
 
@@ -384,3 +459,120 @@ WITH settling AS (
       AND server_id <> ALL (ARRAY(SELECT id FROM settled WHERE status = 'failed'))
 )
 SELECT name, status FROM settled;
+
+-- ---------------------------------------------------------------------------------------------
+-- Read-only engine checks (service/checks.py).
+
+-- name: insert_check
+-- The check and its job in one statement, as insert_deployment: the job's lock is the server
+-- name (never alongside that server's up/destroy), with no queueing lock, so a queued check
+-- never refuses a deployment and any number of checks may wait.
+WITH inserted AS (
+    INSERT INTO checks (server_name, kind, config)
+    VALUES (%(server_name)s, %(kind)s, %(config)s)
+    RETURNING id, server_name, kind, config, state, result, error, attempts, created_at,
+              started_at, finished_at
+)
+SELECT c.*,
+       (procrastinate_defer_jobs_v1(ARRAY[ROW(
+           %(queue)s, %(task_name)s, %(priority)s, %(server_name)s, NULL,
+           jsonb_build_object('check_id', c.id), NULL
+       )::procrastinate_job_to_defer_v1]))[1] AS job_id
+FROM inserted c;
+
+-- name: select_check
+SELECT id, server_name, kind, config, state, result, error, attempts, created_at, started_at,
+       finished_at
+FROM checks WHERE id = %(id)s;
+
+-- name: start_check
+-- No row: the check is already finished (a retried job of a check that ended).
+UPDATE checks
+SET state = 'running', attempts = attempts + 1, started_at = now(), error = NULL
+WHERE id = %(id)s AND state IN ('queued', 'running')
+RETURNING id, server_name, kind, config, attempts;
+
+-- name: finish_check
+UPDATE checks
+SET state = %(state)s, result = %(result)s, error = %(error)s, finished_at = now()
+WHERE id = %(id)s;
+
+-- name: requeue_check
+UPDATE checks SET state = 'queued', error = %(error)s WHERE id = %(id)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- Boot reports (service/boot_reports.py).
+
+-- name: select_agent_key
+SELECT key FROM agents WHERE id = %(agent_id)s;
+
+-- name: lock_boot_steps_of_agent
+-- Reports of one agent are recorded one at a time (till the transaction ends), so that
+-- concurrent ones cannot pass the caps together.
+SELECT pg_advisory_xact_lock(hashtextextended('boot_steps:' || %(agent_id)s::text, 0));
+
+-- name: count_boot_steps_of_agent
+-- Whether this exact report is recorded, and the agent's reports in all and in the last minute.
+SELECT EXISTS (SELECT FROM boot_steps WHERE agent_id = %(agent_id)s AND signature = %(signature)s),
+       count(*) FILTER (WHERE event <> 'stale'),
+       count(*) FILTER (WHERE event <> 'stale' AND received_at > now() - interval '1 minute')
+FROM boot_steps WHERE agent_id = %(agent_id)s;
+
+-- name: insert_boot_step
+-- No row returned: the same report was recorded meanwhile.
+INSERT INTO boot_steps (agent_id, boot_id, seq, step, label, event, exit_code, tail,
+                        reported_at, signed_at, signature)
+VALUES (%(agent_id)s, %(boot_id)s, %(seq)s, %(step)s, %(label)s, %(event)s, %(exit_code)s,
+        %(tail)s, to_timestamp(%(reported_at)s), to_timestamp(%(signed_at)s), %(signature)s)
+ON CONFLICT (agent_id, signature) DO NOTHING
+RETURNING id;
+
+-- name: select_boot_steps
+-- The agent's last `limit` steps, oldest first.
+SELECT step, label, event, exit_code, tail, reported_at, received_at FROM (
+    SELECT id, step, label, event, exit_code, tail, reported_at, received_at
+    FROM boot_steps WHERE agent_id = %(agent_id)s ORDER BY id DESC LIMIT %(limit)s
+) last ORDER BY id;
+
+-- name: select_last_boot_steps_of_failed
+-- Agents of these names that the stale check failed and that have no verdict yet, each with
+-- its last report (NULLs: none arrived).
+SELECT a.id AS agent_id, r.step, r.label, r.event, r.tail
+FROM agents a
+LEFT JOIN LATERAL (
+    SELECT step, label, event, tail FROM boot_steps b
+    WHERE b.agent_id = a.id AND b.event <> 'stale' ORDER BY b.id DESC LIMIT 1
+) r ON true
+WHERE a.name = ANY (%(names)s) AND a.status = 'failed'
+  AND NOT EXISTS (SELECT FROM boot_steps s WHERE s.agent_id = a.id AND s.event = 'stale');
+
+-- name: insert_stale_boot_step
+-- The stale check's verdict; a second checker's is dropped (boot_steps_one_stale).
+INSERT INTO boot_steps (agent_id, boot_id, seq, step, label, event, reported_at, signed_at)
+VALUES (%(agent_id)s, '', 0, %(step)s, %(label)s, 'stale', now(), now())
+ON CONFLICT (agent_id) WHERE event = 'stale' DO NOTHING;
+
+-- ---------------------------------------------------------------------------------------------
+-- Metrics (service/metrics.py): everything GET /metrics shows, in one statement (one round
+-- trip). Deployments still queued or running are counted on their partial index; finished ones
+-- and the transitions come from the counters db/schema.sql's metrics block keeps; agents and
+-- servers are counted by status (a scan of each, small rows); the queue's jobs waiting or
+-- running on procrastinate's partial index.
+
+-- name: metrics_snapshot
+SELECT
+    (SELECT coalesce(json_agg(json_build_array(kind, state, n)), '[]')
+     FROM (SELECT kind, state, count(*) AS n FROM deployments
+           WHERE state IN ('queued', 'running') GROUP BY kind, state) d) AS active_deployments,
+    (SELECT coalesce(json_agg(json_build_array(kind, state, le, count, seconds)), '[]')
+     FROM metrics_deployments_finished) AS finished_deployments,
+    metrics_duration_bounds() AS duration_bounds,
+    (SELECT coalesce(json_agg(json_build_array(status, n)), '[]')
+     FROM (SELECT status, count(*) AS n FROM agents GROUP BY status) a) AS agents,
+    (SELECT coalesce(json_agg(json_build_array(status, n)), '[]')
+     FROM (SELECT status, count(*) AS n FROM servers GROUP BY status) s) AS servers,
+    (SELECT coalesce(json_agg(json_build_array(queue_name, status, n)), '[]')
+     FROM (SELECT queue_name, status::text AS status, count(*) AS n FROM procrastinate_jobs
+           WHERE status IN ('todo', 'doing') GROUP BY queue_name, status) j) AS jobs,
+    (SELECT coalesce(json_agg(json_build_array(name, value)), '[]')
+     FROM metrics_counters) AS counters;

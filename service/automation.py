@@ -24,11 +24,14 @@ from urllib.parse import urlsplit
 from citrus.errors import CitrusError
 from service.deployer import (
     ROOT,
+    CheckStep,
     DeployError,
     OnOutput,
     StackConfig,
     last_lines,
     looks_transient,
+    preview_result,
+    refresh_result,
 )
 from service.repair import pending_operations_error, repair_steps
 
@@ -182,6 +185,104 @@ class AutomationDeployer:
                 on_output=on_output, on_event=_event_printer(on_output), run_program=True
             )
             ws_stack.workspace.remove_stack(stack)
+
+    def preview(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:
+        """`pulumi preview` with engine events. The CLI previews only a stack that exists: a new
+        one is created for the preview and removed after it (with its settings file), so the
+        check leaves nothing behind; the queue runs no `up` of it meanwhile (same lock)."""
+        from pulumi import automation as auto
+
+        plain, secrets_env = self._split(config)
+        work_dir, opts = str(self.work_dir), self._options(secrets_env)
+        steps = StepCollector(on_output)
+        with _translated(stack):
+            created = False
+            try:
+                ws_stack = auto.select_stack(stack_name=stack, work_dir=work_dir, opts=opts)
+            except auto.StackNotFoundError:
+                self._refuse_foreign_settings(stack)
+                ws_stack = auto.create_stack(stack_name=stack, work_dir=work_dir, opts=opts)
+                created = True
+            try:
+                self._configure(ws_stack, config, plain)
+                ws_stack.preview(on_output=on_output, on_event=steps)
+            finally:
+                if created:
+                    ws_stack.workspace.remove_stack(stack)
+        return preview_result(steps.steps())
+
+    def preview_refresh(
+        self, stack: str, config: StackConfig, on_output: OnOutput
+    ) -> dict[str, Any]:
+        """`pulumi refresh --preview-only` with engine events: the providers read every
+        resource, nothing is written (the DIY backend takes no lock for it either)."""
+        from pulumi import automation as auto
+
+        plain, secrets_env = self._split(config)
+        steps = StepCollector(on_output)
+        with _translated(stack):
+            try:
+                ws_stack = auto.select_stack(
+                    stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
+                )
+            except auto.StackNotFoundError:
+                raise DeployError(
+                    f"error: no stack named '{stack}' found: nothing to refresh"
+                ) from None
+            self._configure(ws_stack, config, plain)
+            ws_stack.preview_refresh(on_output=on_output, on_event=steps)
+        return refresh_result(steps.steps())
+
+
+class StepCollector:
+    """The steps of a preview or refresh preview, from the engine's `resOutputsEvent`s.
+
+    Their metadata carries the step's op (for a refresh, the result of the read: update,
+    delete or same, where `resourcePreEvent` says "refresh"), urn, type, the changed keys and
+    the old and new state, secrets shown as "[secret]" by the CLI. A provider that names no
+    changed keys (the dynamic provider host never does) gets the keys the CLI itself would
+    show: the inputs that differ (preview), or the inputs whose output value differs (refresh).
+    Error diagnostics and failed steps still reach `on_output`.
+    """
+
+    def __init__(self, on_output: OnOutput) -> None:
+        self._printer = _event_printer(on_output)
+        self._steps: dict[str, CheckStep] = {}
+
+    def __call__(self, event: Any) -> None:
+        self._printer(event)
+        outputs = getattr(event, "res_outputs_event", None)
+        if outputs is None:
+            return
+        meta = outputs.metadata
+        op = str(getattr(meta.op, "value", meta.op))
+        old, new = meta.old, meta.new
+        old_outputs = dict(old.outputs or {}) if old is not None else None
+        new_outputs = dict(new.outputs or {}) if new is not None else None
+        keys = list(meta.diffs or []) or list(meta.detailed_diff or {})
+        if not keys and op in ("update", "replace"):
+            keys = _fallback_keys(old, new, old_outputs, new_outputs)
+        top = sorted({key.split(".")[0].split("[")[0] for key in keys})
+        self._steps[meta.urn] = CheckStep(meta.urn, meta.type, op, top, old_outputs, new_outputs)
+
+    def steps(self) -> list[CheckStep]:
+        return list(self._steps.values())
+
+
+def _fallback_keys(
+    old: Any, new: Any, old_outputs: dict[str, Any] | None, new_outputs: dict[str, Any] | None
+) -> list[str]:
+    old_inputs = dict(old.inputs or {}) if old is not None else {}
+    new_inputs = dict(new.inputs or {}) if new is not None else {}
+    if old_outputs is not None and new_outputs is not None and old_inputs == new_inputs:
+        # a refresh: the inputs stay, the read outputs moved
+        return [
+            k
+            for k in old_inputs
+            if not k.startswith("__") and old_outputs.get(k) != new_outputs.get(k)
+        ]
+    keys = {k for k in {*old_inputs, *new_inputs} if not k.startswith("__")}
+    return [k for k in keys if old_inputs.get(k) != new_inputs.get(k)]
 
 
 def _child_pids(parent: int) -> list[int]:

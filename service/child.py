@@ -51,7 +51,8 @@ async def run_in_child(
     *,
     on_killed: Callable[[DeployError], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
-    """Runs one `up`/`destroy` in `python -m service.child`; returns the outputs.
+    """Runs one `up`/`destroy`, or a read-only check (`preview`, `refresh` = refresh
+    --preview-only), in `python -m service.child`; returns the outputs (a check's result).
 
     Raises DeployError. Cancelling this coroutine stops the child as Pulumi's CLI expects to be
     stopped: SIGTERM, so it finishes its in-flight steps, saves its checkpoint and releases the
@@ -100,13 +101,13 @@ async def run_in_child(
         code = await proc.wait()
     except BaseException:
         if await _stop(proc, reader, grace):
-            killed = _killed_error(stack, f"killed after {grace:g}s of SIGTERM")
+            killed = _killed_error(stack, f"killed after {grace:g}s of SIGTERM", kind)
             if on_killed is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(on_killed(killed))
         raise
     if not results:
-        raise _killed_error(stack, f"exited with code {code} without a result")
+        raise _killed_error(stack, f"exited with code {code} without a result", kind)
     result = results[-1]
     if not result["ok"]:
         raise DeployError(
@@ -121,8 +122,14 @@ async def run_in_child(
 DEFAULT_STOP_GRACE = 60.0
 
 
-def _killed_error(stack: str, how: str) -> DeployError:
+READ_ONLY_KINDS = frozenset({"preview", "refresh"})
+
+
+def _killed_error(stack: str, how: str, kind: str = "up") -> DeployError:
     from service.repair import repair_steps
+
+    if kind in READ_ONLY_KINDS:  # a preview writes no state and takes no lock: nothing to repair
+        return DeployError(f"the {kind} check's process {how}")
 
     return DeployError(
         f"the deployer process {how}: the stack may be locked and hold pending operations",
@@ -200,6 +207,10 @@ def _child_main() -> int:
         _on_stop_request(deployer.cancel, float(options.get("stop_grace", DEFAULT_STOP_GRACE)))
         if request["kind"] == "up":
             outputs = deployer.up(request["stack"], config, emit)
+        elif request["kind"] == "preview":
+            outputs = deployer.preview(request["stack"], config, emit)
+        elif request["kind"] == "refresh":  # --preview-only: the checks never refresh for real
+            outputs = deployer.preview_refresh(request["stack"], config, emit)
         else:
             deployer.destroy(request["stack"], config, emit)
             outputs = {}

@@ -11,7 +11,7 @@ Each deployment runs in a child process of its own (`service.child`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +56,19 @@ class Deployer(Protocol):
         """Destroys the stack's resources and removes the stack; a missing stack is done."""
         ...
 
+    def preview(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:
+        """`pulumi preview`: what an `up` with this config would do, changing nothing.
+        A stack that does not exist previews as all creates. Returns `preview_result(...)`."""
+        ...
+
+    def preview_refresh(
+        self, stack: str, config: StackConfig, on_output: OnOutput
+    ) -> dict[str, Any]:
+        """`pulumi refresh --preview-only`: what drifted behind the program's back, changing
+        nothing, not even the checkpoint. A stack that does not exist is a DeployError.
+        Returns `refresh_result(...)`."""
+        ...
+
     def cancel(self) -> None:
         """Called from a signal handler: stop the running operation the way Pulumi's CLI stops
         on SIGTERM (in-flight steps finish, the checkpoint is saved, the lock released)."""
@@ -87,6 +100,81 @@ def looks_transient(text: str) -> bool:
 def last_lines(text: str, count: int = 12) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return "\n".join(lines[-count:])
+
+
+# -- results of the read-only checks (preview, refresh --preview-only) -----------------------
+
+SECRET_SHOWN = "[secret]"  # noqa: S105 (what the CLI's event log shows for a secret value)
+PREVIEW_OPS = ("create", "update", "replace", "delete", "same")
+REFRESH_OPS = ("update", "delete", "same")
+
+
+@dataclass(frozen=True)
+class CheckStep:
+    """One resource's step as a check reports it: from the stand-in engine's steps or the
+    CLI's engine events. `old`/`new` are outputs (refresh only); secrets already masked or
+    marked, never shown (`masked`)."""
+
+    urn: str
+    type: str
+    op: str
+    diffs: Sequence[str] = ()
+    old: Mapping[str, Any] | None = None
+    new: Mapping[str, Any] | None = None
+
+
+def masked(value: Any) -> Any:
+    """The value, or "[secret]" when it is or holds a secret (a wire-form secret marker, or a
+    value the CLI already masked)."""
+    if value == SECRET_SHOWN:
+        return SECRET_SHOWN
+    if isinstance(value, dict):
+        if value.get(_SECRET_SIG_KEY) == _SECRET_SIG:
+            return SECRET_SHOWN
+        inner = {k: masked(v) for k, v in value.items()}
+        return SECRET_SHOWN if SECRET_SHOWN in inner.values() else inner
+    if isinstance(value, list):
+        items = [masked(v) for v in value]
+        return SECRET_SHOWN if SECRET_SHOWN in items else items
+    return value
+
+
+# Pulumi's wire form of a secret (pulumi.runtime.rpc._special_sig_key / _special_secret_sig).
+_SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # noqa: S105 (a marker, no secret)
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105
+
+
+def preview_result(steps: Sequence[CheckStep]) -> dict[str, Any]:
+    """`{"summary": {op: count}, "steps": [{urn, type, op, diffs: [key]}]}`, the steps in the
+    engine's order, the summary as the engine counts (a replacement once)."""
+    shown = [s for s in steps if s.op in PREVIEW_OPS]
+    summary = dict.fromkeys(PREVIEW_OPS, 0)
+    for s in shown:
+        summary[s.op] += 1
+    return {
+        "summary": summary,
+        "steps": [
+            {"urn": s.urn, "type": s.type, "op": s.op, "diffs": sorted(s.diffs)} for s in shown
+        ],
+    }
+
+
+def refresh_result(steps: Sequence[CheckStep]) -> dict[str, Any]:
+    """`{"summary": {op: count}, "steps": [{urn, type, op, diffs: [{key, old, new}]}]}`; a
+    deleted resource's diffs are empty (it is gone as a whole); secrets show as "[secret]"."""
+    shown = [s for s in steps if s.op in REFRESH_OPS]
+    summary = dict.fromkeys(REFRESH_OPS, 0)
+    out = []
+    for s in shown:
+        summary[s.op] += 1
+        old, new = s.old or {}, s.new or {}
+        diffs = [
+            {"key": key, "old": masked(old.get(key)), "new": masked(new.get(key))}
+            for key in sorted(s.diffs)
+        ]
+        shown_diffs = diffs if s.op == "update" else []
+        out.append({"urn": s.urn, "type": s.type, "op": s.op, "diffs": shown_diffs})
+    return {"summary": summary, "steps": out}
 
 
 def _passphrase(options: Mapping[str, Any]) -> str | None:

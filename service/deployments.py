@@ -57,7 +57,7 @@ class Deployment:
     server_name: str
     kind: str
     state: str
-    config: dict[str, str]
+    config: dict[str, Any]  # non-secret stack config (settings.Settings.stack_config)
     error: str | None
     output_tail: str
     attempts: int
@@ -78,6 +78,23 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class ManagedBy:
+    """Who manages a server: 'http', 'gitops' (with its repository) or 'manual'."""
+
+    kind: str
+    repository: str | None
+
+
+@dataclass(frozen=True)
+class GitOpsStatus:
+    """A GitOps server's state (gitops.state.gitops_state) and its last commits."""
+
+    state: str
+    last_applied_commit: str | None
+    last_attempted_commit: str | None
+
+
+@dataclass(frozen=True)
 class Server:
     name: str
     status: str
@@ -91,6 +108,8 @@ class Server:
     created_at: datetime | None
     current: Deployment | None
     last: Deployment | None
+    managed_by: ManagedBy | None = None
+    gitops: GitOpsStatus | None = None
 
 
 def server_status(
@@ -185,7 +204,7 @@ async def _enqueue(
     pool: AsyncConnectionPool[Any],
     kind: str,
     name: str,
-    config: dict[str, str],
+    config: dict[str, Any],
     *,
     generated: dict[str, Any] | None = None,
 ) -> Deployment:
@@ -257,7 +276,7 @@ def _case_note(name: str, holder: str) -> str:
     return "" if holder == name else f" (names are hostnames: {name!r} is the same name)"
 
 
-async def _last_config(pool: AsyncConnectionPool[Any], name: str) -> dict[str, str] | None:
+async def _last_config(pool: AsyncConnectionPool[Any], name: str) -> dict[str, Any] | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT config FROM deployments WHERE server_name = %s AND kind = 'up' "
@@ -298,6 +317,7 @@ async def get_server(pool: AsyncConnectionPool[Any], name: str, *, tail: int = 4
         current_row = await _one(conn, "select_active_deployment", params)
         last_row = await _one(conn, "select_last_finished_deployment", params)
         outputs_row = await _one(conn, "select_last_up_outputs", params)
+        owners = await ownership(conn, [name])
     current = Deployment.from_row(current_row) if current_row else None
     last = Deployment.from_row(last_row) if last_row else None
     gone = last is not None and last.kind == "destroy" and last.state == "succeeded"
@@ -305,6 +325,7 @@ async def get_server(pool: AsyncConnectionPool[Any], name: str, *, tail: int = 4
         raise NotFound(f"no server named {name!r}")
     outputs = (outputs_row or {}).get("outputs") or {}
     row = row or {}
+    managed_by, gitops = owners.get(name.lower(), (None, None))
     return Server(
         name=name,
         status=server_status(row.get("status"), current, last.state if last else None),
@@ -318,7 +339,37 @@ async def get_server(pool: AsyncConnectionPool[Any], name: str, *, tail: int = 4
         created_at=row.get("created_at"),
         current=current,
         last=last,
+        managed_by=managed_by,
+        gitops=gitops,
     )
+
+
+async def ownership(
+    conn: psycopg.AsyncConnection[Any], names: Sequence[str]
+) -> dict[str, tuple[ManagedBy | None, GitOpsStatus | None]]:
+    """Who manages each name, and for GitOps its state and commits; keyed by name.lower().
+
+    The rules are the view server_ownership's (db/schema.sql), the state gitops.state's.
+    """
+    from gitops.state import Deployed, gitops_state
+
+    cur = conn.cursor(row_factory=dict_row)
+    keys = sorted({name.lower() for name in names})
+    await cur.execute(queries.load()["select_ownership"], {"keys": keys})
+    found: dict[str, tuple[ManagedBy | None, GitOpsStatus | None]] = {}
+    for row in await cur.fetchall():
+        deployed = Deployed.from_row(row)
+        if deployed.managed_by is None:
+            continue
+        gitops = None
+        if deployed.managed_by == "gitops":
+            gitops = GitOpsStatus(
+                state=gitops_state(deployed),
+                last_applied_commit=deployed.applied_commit,
+                last_attempted_commit=deployed.attempted_commit,
+            )
+        found[row["key"]] = (ManagedBy(deployed.managed_by, deployed.repository), gitops)
+    return found
 
 
 @dataclass(frozen=True)
@@ -334,6 +385,8 @@ class ServerSummary:
     deployment_kind: str | None
     deployment_state: str | None
     deployment_error: str | None
+    managed_by: ManagedBy | None = None
+    gitops: GitOpsStatus | None = None
 
 
 async def list_servers(
@@ -343,8 +396,10 @@ async def list_servers(
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(queries.load()["list_servers"], {"limit": limit, "offset": offset})
         rows = await cur.fetchall()
+        owners = await ownership(conn, [r["name"] for r in rows])
     found = []
     for r in rows:
+        managed_by, gitops = owners.get(r["name"].lower(), (None, None))
         active = r["deployment_state"] in ACTIVE
         if active and r["deployment_kind"] == "destroy":
             status = "destroying"
@@ -367,6 +422,8 @@ async def list_servers(
                 deployment_kind=r["deployment_kind"],
                 deployment_state=r["deployment_state"],
                 deployment_error=r["deployment_error"],
+                managed_by=managed_by,
+                gitops=gitops,
             )
         )
     return found
@@ -422,9 +479,16 @@ async def append_output(pool: AsyncConnectionPool[Any], deployment_id: int, text
 
 
 async def succeed(
-    pool: AsyncConnectionPool[Any], deployment_id: int, outputs: dict[str, Any]
+    pool: AsyncConnectionPool[Any],
+    deployment_id: int,
+    outputs: dict[str, Any],
+    *,
+    program_hash: str | None = None,
 ) -> None:
-    await _execute(pool, "succeed_deployment", {"id": deployment_id, "outputs": Jsonb(outputs)})
+    """`program_hash`: citrus.program.program_hash() of the code an `up` ran (GitOps compares
+    it with the checkout it plans)."""
+    params = {"id": deployment_id, "outputs": Jsonb(outputs), "program_hash": program_hash}
+    await _execute(pool, "succeed_deployment", params)
 
 
 async def fail(pool: AsyncConnectionPool[Any], deployment_id: int, error: str) -> None:

@@ -7,6 +7,7 @@ settings plus the server and agent names, and checked with the program's own rul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -192,30 +193,42 @@ class Settings(BaseSettings):
 
     # -- the stack config of one deployment --------------------------------------------------
 
-    def stack_config(self, names: dict[str, str]) -> dict[str, tuple[str, bool]]:
+    def stack_config(self, record: dict[str, Any]) -> dict[str, tuple[str, bool]]:
         """`project:key` (or `digitalocean:token`) -> (value, secret) for one stack.
 
-        `names` is the non-secret part kept in the deployment record (serverName, agentName).
+        `record` is the non-secret config kept in the deployment record: serverName and
+        agentName over HTTP; a GitOps file's keys (size, tags, `digitalocean:apiEndpoint` ...).
+        Keys without `:` get the project prefix; values that are not text are JSON-encoded as
+        the Pulumi CLI passes them (`true`, `["web"]`). The record's values win over the
+        service's defaults (ENGINE_WS_URL); secrets always come from the service's settings,
+        whatever the record holds.
         """
-        values: dict[str, tuple[str, bool]] = {
-            f"{PROJECT}:{key}": (value, False) for key, value in names.items()
-        }
-        values[f"{PROJECT}:databaseUrl"] = (self.database_url.get_secret_value(), True)
-        plain = {"engineWsUrl": self.engine_ws_url}
-        secret = {
-            "githubToken": self.github_token,
-            "digitalocean:token": self.digitalocean_token,
-        }
+        values: dict[str, tuple[str, bool]] = {}
         stand_ins = TEST_ENGINE_STAND_INS if self.deployer == "test-engine" else {}
+        plain = {"engineWsUrl": self.engine_ws_url}
         for key, text in plain.items():
             value = text or stand_ins.get(key)
             if value:
                 values[f"{PROJECT}:{key}"] = (value, False)
+        for key, raw in record.items():
+            if raw is None:
+                continue
+            full = key if ":" in key else f"{PROJECT}:{key}"
+            values[full] = (raw if isinstance(raw, str) else json.dumps(raw), False)
+        # Secrets come only from the service's settings, never from a record (even one edited
+        # by hand): a record's value is dropped, not sent in the clear.
+        values[f"{PROJECT}:databaseUrl"] = (self.database_url.get_secret_value(), True)
+        secret = {
+            "githubToken": self.github_token,
+            "digitalocean:token": self.digitalocean_token,
+        }
         for key, secret_value in secret.items():
+            full = key if ":" in key else f"{PROJECT}:{key}"
             value = secret_value.get_secret_value() if secret_value else stand_ins.get(key)
             if value:
-                full = key if ":" in key else f"{PROJECT}:{key}"
                 values[full] = (value, True)
+            else:
+                values.pop(full, None)
         return values
 
     def check_stack_config(self) -> None:

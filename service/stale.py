@@ -25,6 +25,7 @@ import psycopg
 
 from citrus.errors import InvalidValue
 from db import queries
+from service import boot_reports
 
 log = logging.getLogger("citrus.stale")
 _NAMES_IN_LOG = 20
@@ -79,6 +80,8 @@ async def check(conn: psycopg.AsyncConnection[Any], timeout_seconds: float) -> S
         (failed_agents if kind == "agent" else failed_servers).append(name)
     for name, status in await _run(conn, sql["settle_provisioning_servers"], {}):
         (active_servers if status == "active" else failed_servers).append(name)
+    # Where each failed agent's boot stopped, from its boot reports (GET /admin/servers/{name}).
+    await boot_reports.record_stale(conn, failed_agents, timeout_seconds)
     result = StaleResult(
         failed_agents,
         failed_servers,

@@ -13,7 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.deployer import DeployError, OnOutput, StackConfig, looks_transient
+from service.deployer import (
+    CheckStep,
+    DeployError,
+    OnOutput,
+    StackConfig,
+    looks_transient,
+    preview_result,
+    refresh_result,
+)
 from service.repair import pending_operations_error, repair_steps
 
 
@@ -68,6 +76,26 @@ class StandInDeployer:
         self._refuse_pending(engine, stack)
         self._run(stack, lambda: engine.destroy(stack, self._config(config), run_program=True))
         engine.state_path(stack).unlink(missing_ok=True)  # `pulumi stack rm`
+
+    def preview(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:
+        """`pulumi preview`: no lock, no checkpoint written; a new stack is all creates."""
+        engine = self._engine(on_output)
+        result = self._run(stack, lambda: engine.preview(stack, self._config(config)))
+        return preview_result([CheckStep(s.urn, s.type, s.op, s.diffs) for s in result.steps])
+
+    def preview_refresh(
+        self, stack: str, config: StackConfig, on_output: OnOutput
+    ) -> dict[str, Any]:
+        """`pulumi refresh --preview-only`: no lock (as the DIY backend), nothing written."""
+        engine = self._engine(on_output)
+        if not engine.state_path(stack).exists():
+            raise DeployError(f"error: no stack named '{stack}' found: nothing to refresh")
+        result = self._run(
+            stack, lambda: engine.refresh(stack, self._config(config), preview_only=True)
+        )
+        return refresh_result(
+            [CheckStep(s.urn, s.type, s.op, s.diffs, s.old, s.new) for s in result.steps]
+        )
 
     @staticmethod
     def _refuse_pending(engine: Any, stack: str) -> None:

@@ -78,6 +78,7 @@ class Runtime:
 
     runner: Any  # service.worker.DeploymentRunner
     checker: Any  # service.worker.Maintenance
+    checks: Any = None  # service.checks.CheckRunner: the read-only engine checks
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,6 +107,19 @@ async def deploy(context: JobContext, deployment_id: int) -> None:
 async def destroy(context: JobContext, deployment_id: int) -> None:
     assert context.job is not None
     await _runtime(context).runner.run(deployment_id, context.job, kind="destroy")
+
+
+@app.task(
+    name="citrus.check",
+    queue=DEPLOY_QUEUE,
+    pass_context=True,
+    retry=BackoffRetry(RETRY),
+)
+async def check(context: JobContext, check_id: int) -> None:
+    """A read-only check (service/checks.py), deferred with lock = the server name and no
+    queueing lock: it waits for that server's up/destroy and never refuses one."""
+    assert context.job is not None
+    await _runtime(context).checks.run(check_id, context.job)
 
 
 @app.periodic(cron="* * * * *", periodic_id="stale-check")

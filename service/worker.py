@@ -23,6 +23,7 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job, Status
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from citrus.program import program_hash
 from db import queries
 from service import deployments, stale, tasks
 from service.child import run_in_child
@@ -211,7 +212,8 @@ class DeploymentRunner:
             raise tasks.DeploymentFailed(error) from exc
         finally:
             beating.cancel()
-        await deployments.succeed(self.pool, dep.id, outputs)
+        program = await _program_hash() if kind == "up" else None
+        await deployments.succeed(self.pool, dep.id, outputs, program_hash=program)
         log.info("deployment %s (%s of %s) succeeded", dep.id, kind, dep.server_name)
 
     async def _beat(self, deployment_id: int) -> None:
@@ -243,6 +245,16 @@ class DeploymentRunner:
         await deployments.fail(self.pool, dep.id, error)
         log.error("deployment %s (%s of %s) failed: %s", dep.id, dep.kind, dep.server_name, error)
         raise tasks.DeploymentFailed(error)
+
+
+async def _program_hash() -> str | None:
+    """The hash of the program an `up` ran, for GitOps to compare with the checkout it plans;
+    None (and a warning) when it cannot be read: the deployment succeeded all the same."""
+    try:
+        return await asyncio.to_thread(program_hash)
+    except OSError:
+        log.warning("could not hash the program's files", exc_info=True)
+        return None
 
 
 class Maintenance:
@@ -384,8 +396,13 @@ async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
         with tasks.app.replace_connector(PsycopgConnector()) as app:
             async with app.open_async(pool):
                 maintenance = Maintenance(settings, pool, app.job_manager)
+                from service.checks import CheckRunner  # the read-only checks (citrus.check)
+
+                runner = DeploymentRunner(settings, pool, name)
                 runtime = tasks.Runtime(
-                    runner=DeploymentRunner(settings, pool, name), checker=maintenance
+                    runner=runner,
+                    checker=maintenance,
+                    checks=CheckRunner(settings, pool, runner.redact),
                 )
                 # A worker (re)starting after a crash picks up what its predecessor left, and
                 # keeps looking every stalled-timeout, not only at the minutely maintenance.

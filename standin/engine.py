@@ -125,6 +125,11 @@ class Registration:
 class Step:
     op: str  # create, same, update, replace, delete, delete-replaced
     urn: str
+    # update/replace: the input keys that differ (what `pulumi preview` shows); a refresh's
+    # update: the input keys whose value the provider now reports otherwise.
+    diffs: list[str] = field(default_factory=list)
+    old: Props | None = None  # refresh: the outputs in the checkpoint (wire form)
+    new: Props | None = None  # refresh: the outputs read now; None when the resource is gone
 
     @property
     def type(self) -> str:
@@ -189,7 +194,15 @@ class Engine:
             op.delete_unregistered()
         return op.result
 
-    def refresh(self, stack: str, config: StackConfig) -> Result:
+    def refresh(self, stack: str, config: StackConfig, *, preview_only: bool = False) -> Result:
+        """Reads every resource through its provider. `preview_only` (`pulumi refresh
+        --preview-only`): reports what a refresh would change and changes nothing, not even the
+        checkpoint; like the DIY backend's preview-only refresh it takes no lock."""
+        if preview_only:
+            self.on_output(f"Previewing refresh ({stack}):")
+            with self._operation(stack, config, "refresh-preview", lock=False) as op:
+                op.refresh_all()
+            return op.result
         self.on_output(f"Refreshing ({stack}):")
         with self._operation(stack, config, "refresh") as op:
             op.refresh_all()
@@ -382,7 +395,7 @@ class _Operation:
 
     @property
     def preview(self) -> bool:
-        return self.mode == "preview"
+        return self.mode in ("preview", "refresh-preview")
 
     def close(self) -> None:
         if self._host is not None:
@@ -480,8 +493,8 @@ class _Operation:
             self.error = Cancelled("error: update canceled")
             raise self.error
 
-    def _step(self, op: str, urn: str) -> None:
-        self.result.steps.append(Step(op, urn))
+    def _step(self, op: str, urn: str, **detail: Any) -> None:
+        self.result.steps.append(Step(op, urn, **detail))
         marks = {"create": "+ ", "update": "~ ", "replace": "+-", "delete": "- "}
         done = {"create": "created", "update": "updated", "replace": "replaced"}
         done |= {"delete": "deleted", "delete-replaced": "deleted (replaced)", "same": "unchanged"}
@@ -554,7 +567,7 @@ class _Operation:
             if key in outs:
                 outs[key] = secret(outs[key])
         reg.id, reg.outputs = id_, outs
-        self._step(op, urn)
+        self._step(op, urn, diffs=changed_keys(old.inputs, checked) if old else [])
         if not self.preview:
             res = Resource(
                 urn,
@@ -686,6 +699,8 @@ class _Operation:
         for res in list(self.new.values()):
             self._go_on()
             if not res.custom or res.type.startswith(PROVIDER_PREFIX):
+                # Components and providers never change with a refresh: a step all the same.
+                self._step("same", res.urn, old=res.outputs, new=res.outputs)
                 continue
             prov = self.provider_for(res.type, res.provider)
             try:
@@ -697,15 +712,38 @@ class _Operation:
                 raise self.error from None
             if not id_:  # gone: dropped from the checkpoint
                 del self.new[res.urn]
-                self._step("delete", res.urn)
+                self._step("delete", res.urn, old=res.outputs)
             else:
                 outs = annotate_secrets(outs, res.outputs)
-                changed = reveal(outs) != reveal(res.outputs)
+                drifted = drifted_keys(res.inputs, res.outputs, outs)
+                op = "update" if reveal(outs) != reveal(res.outputs) else "same"
+                if self.mode == "refresh-preview":
+                    # As the engine's refresh diff against the desired state: drift is what an
+                    # `up` of the unchanged program would undo, i.e. an input key whose value
+                    # the provider now reports otherwise; an output of its own (a row's
+                    # status, a droplet's IP) is no drift.
+                    op = "update" if drifted else "same"
+                self._step(op, res.urn, diffs=drifted, old=res.outputs, new=outs)
                 res.outputs = outs
                 if inputs is not None:
                     res.inputs = annotate_secrets(inputs, res.inputs)
-                self._step("update" if changed else "same", res.urn)
             self.save()
+
+
+def changed_keys(old: Props, new: Props) -> list[str]:
+    """The keys whose values differ (secrets compared by value), the engine's own
+    `__provider`-style keys left out: what the CLI shows for a step whose provider named none."""
+    keys = {k for k in {*old, *new} if not k.startswith("__")}
+    return sorted(k for k in keys if reveal(old.get(k)) != reveal(new.get(k)))
+
+
+def drifted_keys(inputs: Props, old_outputs: Props, new_outputs: Props) -> list[str]:
+    """The input keys whose output value changed between the checkpoint and a Read."""
+    return [
+        key
+        for key in changed_keys(old_outputs, new_outputs)
+        if key in inputs and key in old_outputs
+    ]
 
 
 SECRET_KEYS = frozenset({f"{PROJECT}:githubToken", f"{PROJECT}:databaseUrl", "digitalocean:token"})

@@ -9,6 +9,7 @@ against `agents` and sets the row 'online' (tests/boot/standins).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from service import stale
 from standin.engine import ROOT, Engine, stack_config
 from standin.wire import reveal
 from tests.boot import timings
@@ -23,6 +25,7 @@ from tests.boot.old_script import render_old_script
 from tests.boot.runner import BootResult, Machine
 from tests.boot.standins.gitserver import GitServer
 from tests.boot.standins.hub import Hub
+from tests.boot.standins.reports import ReportService
 
 pytestmark = pytest.mark.boot
 
@@ -66,6 +69,13 @@ def hub(boot_pg_conninfo: str) -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="module")
+def reports(boot_pg_conninfo: str) -> Iterator[ReportService]:
+    """The service's boot report endpoint (the real route) on 127.0.0.1."""
+    with ReportService(boot_pg_conninfo) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
 def deploy(
     boot_pg_conninfo: str,
     git: GitServer,
@@ -75,13 +85,20 @@ def deploy(
 ) -> Callable[..., Deployment]:
     """Runs the program for a new stack and returns what the droplet would boot with."""
 
-    def run(*, github_token: str = token, ws_path: str = "") -> Deployment:
+    def run(
+        *,
+        github_token: str = token,
+        ws_path: str = "",
+        repo_url: str | None = None,
+        boot_report_url: str | None = None,
+    ) -> Deployment:
         name = f"boot-{secrets.token_hex(4)}"
         config = stack_config(
             ROOT / "Pulumi.dev.yaml",
             serverName=name,
             engineWsUrl=hub.url + ws_path,
-            agentRepoUrl=git.url,
+            agentRepoUrl=repo_url or git.url,
+            bootReportUrl=boot_report_url,
             agentRepoRef="main",
             githubToken=github_token,
             databaseUrl=boot_pg_conninfo,
@@ -106,6 +123,16 @@ def status_of(conninfo: str, agent_id: str) -> str:
         row = conn.execute("SELECT status FROM agents WHERE id = %s", (agent_id,)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def reported(conninfo: str, agent_id: str) -> list[tuple[str, str, int | None, str | None]]:
+    """The boot steps the service recorded for the agent: (step, event, exit code, tail)."""
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            "SELECT step, event, exit_code, tail FROM boot_steps WHERE agent_id = %s ORDER BY id",
+            (agent_id,),
+        ).fetchall()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def boot(machine: Machine, git: GitServer, conninfo: str, dep: Deployment) -> BootResult:
@@ -172,9 +199,12 @@ class Booted:
 
 @pytest.fixture(scope="module")
 def warm_boot(
-    deploy: Callable[..., Deployment], git: GitServer, boot_pg_conninfo: str
+    deploy: Callable[..., Deployment],
+    git: GitServer,
+    boot_pg_conninfo: str,
+    reports: ReportService,
 ) -> Iterator[Booted]:
-    dep = deploy()
+    dep = deploy(boot_report_url=reports.url)
     with Machine("warm") as machine:
         result = boot(machine, git, boot_pg_conninfo, dep)
         timings.record("ours, warm image", result)
@@ -210,6 +240,25 @@ def test_the_key_is_in_no_log(warm_boot: Booted) -> None:
     assert_key_in_no_log(warm_boot.machine, warm_boot.result, warm_boot.dep.key)
 
 
+def test_the_boot_reported_each_step_then_success(warm_boot: Booted, boot_pg_conninfo: str) -> None:
+    """Every report reached the real endpoint, which recorded it only if its signature held."""
+    steps = reported(boot_pg_conninfo, warm_boot.dep.agent_id)
+
+    assert [(step, event) for step, event, _, _ in steps] == [
+        ("start", "step"),
+        ("packages", "step"),
+        ("user", "step"),
+        ("fetch", "step"),
+        ("env", "step"),
+        ("dependencies", "step"),
+        ("unit", "step"),
+        ("verify", "step"),
+        ("verify", "success"),
+    ], warm_boot.result.tails()
+    assert steps[-1][2] == 0
+    assert "boot report not delivered" not in warm_boot.result.citrus_init_log
+
+
 # -- the same chain on a bare image, as a fresh droplet: installs git and Node.js itself ------
 
 
@@ -231,9 +280,13 @@ def test_bare_image_installs_what_it_needs_and_comes_online(
 
 
 def test_a_wrong_token_fails_cleanly_and_leaves_nothing_half_made(
-    deploy: Callable[..., Deployment], git: GitServer, boot_pg_conninfo: str
+    deploy: Callable[..., Deployment],
+    git: GitServer,
+    boot_pg_conninfo: str,
+    reports: ReportService,
 ) -> None:
-    dep = deploy(github_token="ghp_" + secrets.token_hex(18))
+    wrong = "ghp_" + secrets.token_hex(18)
+    dep = deploy(github_token=wrong, boot_report_url=reports.url)
     refused_before = len(git.refused)
     with Machine("warm") as machine:
         machine.trust_ca(git.ca_pem)
@@ -248,6 +301,58 @@ def test_a_wrong_token_fails_cleanly_and_leaves_nothing_half_made(
         assert not machine.exists(UNIT_FILE)
         assert not machine.exists(UNIT_FILE + ".new")
         assert status_of(boot_pg_conninfo, dep.agent_id) == "offline"
+
+    # The service heard where it stopped, and why (git's line for the stand-in's 401).
+    steps = reported(boot_pg_conninfo, dep.agent_id)
+    assert [(step, event) for step, event, _, _ in steps][-2:] == [
+        ("fetch", "step"),
+        ("fetch", "failure"),
+    ]
+    _, _, exit_code, tail = steps[-1]
+    assert exit_code == 128
+    assert tail is not None
+    assert "terminal prompts disabled" in tail
+    assert "citrus-init: FAILURE: step 'fetch agent" in tail.splitlines()[-1]
+    assert wrong not in tail
+    assert dep.key not in tail
+
+
+def test_a_refused_repository_is_reported_and_the_stale_check_names_it(
+    deploy: Callable[..., Deployment], reports: ReportService, boot_pg_conninfo: str
+) -> None:
+    """A token without access (403), reported; ten minutes on, the stale check says where the
+    boot stopped and why."""
+    token = "ghp_" + secrets.token_hex(18)
+    with GitServer("ghp_" + secrets.token_hex(18), tls=True, refusal_status=403) as denying:
+        dep = deploy(github_token=token, repo_url=denying.url, boot_report_url=reports.url)
+        with Machine("warm") as machine:
+            machine.trust_ca(denying.ca_pem)
+            result = machine.boot(dep.user_data, timeout=120)
+
+    steps = reported(boot_pg_conninfo, dep.agent_id)
+    assert steps[-1][:3] == ("fetch", "failure", 128), result.tails()
+    assert "The requested URL returned error: 403" in (steps[-1][3] or "")
+
+    with psycopg.connect(boot_pg_conninfo) as conn:
+        conn.execute(
+            "UPDATE agents SET created_at = now() - interval '11 minutes' WHERE id = %s",
+            (dep.agent_id,),
+        )
+
+    async def check() -> None:
+        async with await psycopg.AsyncConnection.connect(boot_pg_conninfo, autocommit=True) as c:
+            await stale.check(c, 600)
+
+    asyncio.run(check())
+    with psycopg.connect(boot_pg_conninfo) as conn:
+        said = conn.execute(
+            "SELECT label FROM boot_steps WHERE agent_id = %s AND event = 'stale'",
+            (dep.agent_id,),
+        ).fetchall()
+    assert status_of(boot_pg_conninfo, dep.agent_id) == "failed"
+    assert said == [
+        ("no agent after 600 s; boot stopped at 'fetch agent': HTTP 403 from the repository",)
+    ]
 
 
 def test_running_the_script_twice_leaves_one_working_agent(

@@ -4,17 +4,28 @@ The Automation API does its work by running `pulumi` with arguments and environm
 This script records each call (arguments, working directory, the environment variables that
 matter) in `$FAKE_PULUMI_DIR/calls.jsonl` and answers just enough for `up` and `destroy` to
 complete: `version`, `stack select|init|output|history|rm`, `config set-all|rm-all`, `up`,
-`destroy`, `plugin install resource <name> v<version>`. It runs no program, creates nothing and
-downloads nothing: it shows what citrus hands the CLI, not what Pulumi does with it
-(tests/service/test_live_automation.py runs the real CLI). Any other command, and any flag of
-`up` or `destroy` it does not know, exits 2, so a new call from a newer Automation API fails
-the test instead of passing unseen.
+`destroy`, `preview`, `refresh --preview-only`, `plugin install resource <name> v<version>`.
+It runs no program, creates nothing and downloads nothing: it shows what citrus hands the CLI,
+not what Pulumi does with it (tests/service/test_live_automation.py runs the real CLI). Any
+other command, and any flag of `up`, `destroy`, `preview` or `refresh` it does not know, exits
+2, so a new call from a newer Automation API fails the test instead of passing unseen.
 
 It reports a current version, so the Automation API takes its path for current CLIs: engine
 events come over gRPC, not through a file (see send_events).
 
 `FAKE_PULUMI_FAIL=up:locked` makes `up` fail as a locked file:// backend does;
 `FAKE_PULUMI_FAIL=plugin:offline` makes `plugin install` fail as on a machine without network.
+
+`preview` and `refresh --preview-only` answer with the engine events the real CLI sends for
+them (pkg/engine: a `resourcePreEvent` and a `resOutputsEvent` per step, `planning` set, then
+the summary): `up` keeps a small model of the stack's resources (the droplet, the two rows)
+built from its config; `preview` diffs the config against it, and `refresh --preview-only`
+reads it against `$FAKE_PULUMI_DIR/cloud.json` (`{"<type>": null}` = deleted, `{"<type>":
+{"key": value}}` = changed behind our back). As the real engine with our providers: the
+DigitalOcean provider names its changed keys (`diffs`, `detailedDiff`), the dynamic provider
+host names none; the refresh's op is the read's result (update/delete/same), its `resourcePre`
+op "refresh"; secrets show as "[secret]". Neither writes the stack's state or takes a lock
+(the DIY backend's preview-only refresh takes none).
 """
 
 from __future__ import annotations
@@ -52,7 +63,13 @@ OPERATION_FLAGS: dict[str, dict[str, bool]] = {
         "--exec-kind": True,
         "--event-log": True,
     },
+    "preview": {"--exec-kind": True, "--event-log": True},
+    "refresh": {"--preview-only": False, "--exec-kind": True, "--event-log": True},
 }
+DROPLET = "digitalocean:index/droplet:Droplet"
+SERVER_ROW = "pulumi-python:dynamic/citrus:ServerRow"
+AGENT_ROW = "pulumi-python:dynamic/citrus:AgentRow"
+DROPLET_FORCE_NEW = {"region", "image"}
 PLUGIN_VERSION = re.compile(r"v\d+\.\d+\.\d+\S*")
 
 
@@ -94,6 +111,14 @@ def answer(argv: list[str], stack: str | None, stacks: dict[str, Any]) -> int:
         if flags is None:
             return 2
         return operation(argv[0], flags, str(stack), stacks)
+    elif argv[:1] in (["preview"], ["refresh"]):
+        flags = operation_flags(argv)
+        if flags is None:
+            return 2
+        if argv[0] == "refresh" and "--preview-only" not in flags:
+            print("fake pulumi: only `refresh --preview-only` is answered", file=sys.stderr)
+            return 2
+        return read_only(argv[0], flags, str(stack), stacks)
     elif argv[:3] == ["plugin", "install", "resource"] and len(argv) == 5:
         return plugin_install(argv[3], argv[4])
     elif command == ["stack", "output"]:
@@ -157,8 +182,10 @@ def operation(kind: str, flags: dict[str, str], stack: str, stacks: dict[str, An
             "dropletId": "412345678",
             "agentKeySha256": "0" * 64,
         }
+        stacks[stack]["resources"] = model(stack, config)
     else:
         stacks[stack]["outputs"] = {}
+        stacks[stack]["resources"] = []
     events = [
         {"sequence": 1, "diagnosticEvent": {"severity": "info", "message": "info line\n"}},
         {
@@ -170,6 +197,121 @@ def operation(kind: str, flags: dict[str, str], stack: str, stacks: dict[str, An
     if "--event-log" in flags:
         send_events(flags["--event-log"], events)
     print("Resources:\n    + 7 created")
+    return 0
+
+
+def model(stack: str, config: dict[str, str]) -> list[dict[str, Any]]:
+    """The stack's resources as an `up` with this config leaves them: inputs and outputs."""
+    name = config.get("citrus-deploy:serverName", stack)
+    region = config.get("citrus-deploy:region", "sfo3")
+    size = config.get("citrus-deploy:size", "s-1vcpu-512mb-10gb")
+    prefix = f"urn:pulumi:{stack}::citrus-deploy::citrus:index:AgentServer$"
+    droplet = {"name": name, "region": region, "size": size, "image": "ubuntu-24-04-x64"}
+    row = {"name": name, "dropletId": "412345678", "region": region, "size": size}
+    agent = {"name": f"agent-{name}", "key": "[secret]"}
+    return [
+        {
+            "urn": f"{prefix}{DROPLET}::{name}-droplet",
+            "type": DROPLET,
+            "id": "412345678",
+            "inputs": droplet,
+            "outputs": {**droplet, "ipv4Address": "203.0.113.7", "status": "active"},
+        },
+        {
+            "urn": f"{prefix}{AGENT_ROW}::{name}-agent-row",
+            "type": AGENT_ROW,
+            "id": "agent-id",
+            "inputs": agent,
+            "outputs": {**agent, "status": "offline", "keySha256": "0" * 64},
+        },
+        {
+            "urn": f"{prefix}{SERVER_ROW}::{name}-server-row",
+            "type": SERVER_ROW,
+            "id": "1",
+            "inputs": row,
+            "outputs": {**row, "status": "provisioning"},
+        },
+    ]
+
+
+def _state(res: dict[str, Any], outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A StepEventStateMetadata (apitype): inputs and outputs, secrets as "[secret]"."""
+    return {
+        "type": res["type"],
+        "urn": res["urn"],
+        "custom": True,
+        "id": res["id"],
+        "parent": "",
+        "provider": "",
+        "inputs": res["inputs"],
+        "outputs": res["outputs"] if outputs is None else outputs,
+    }
+
+
+def _step_events(op: str, pre_op: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"resourcePreEvent": {"metadata": {**meta, "op": pre_op}, "planning": True}},
+        {"resOutputsEvent": {"metadata": {**meta, "op": op}, "planning": True}},
+    ]
+
+
+def _diff_fields(typ: str, keys: list[str]) -> dict[str, Any]:
+    """What the provider names: the bridged DigitalOcean provider its changed keys, the
+    dynamic provider host nothing (the engine then sends neither field)."""
+    if typ != DROPLET or not keys:
+        return {}
+    kinds = {k: "update-replace" if k in DROPLET_FORCE_NEW else "update" for k in keys}
+    detailed = {k: {"diffKind": kind, "inputDiff": False} for k, kind in kinds.items()}
+    return {"diffs": keys, "detailedDiff": detailed}
+
+
+def read_only(kind: str, flags: dict[str, str], stack: str, stacks: dict[str, Any]) -> int:
+    """`preview` or `refresh --preview-only`: the events of the steps; nothing is written."""
+    old = {res["urn"]: res for res in stacks[stack].get("resources", [])}
+    events: list[dict[str, Any]] = [{"preludeEvent": {"config": {}}}]
+    counts: dict[str, int] = {}
+    if kind == "preview":
+        print(f"Previewing update ({stack}):")
+        new = {res["urn"]: res for res in model(stack, stacks[stack]["config"])}
+        for urn, res in new.items():
+            before = old.get(urn)
+            meta = {"urn": urn, "type": res["type"], "provider": "", "new": _state(res)}
+            if before is None:
+                op = "create"
+            else:
+                keys = sorted(k for k in res["inputs"] if res["inputs"][k] != before["inputs"][k])
+                replace = res["type"] == DROPLET and bool(DROPLET_FORCE_NEW & set(keys))
+                op = "replace" if replace else "update" if keys else "same"
+                meta |= {"old": _state(before), **_diff_fields(res["type"], keys)}
+                if replace:
+                    meta["keys"] = sorted(DROPLET_FORCE_NEW & set(keys))
+            counts[op] = counts.get(op, 0) + 1
+            events += _step_events(op, op, meta)
+        for urn, res in old.items():
+            if urn not in new:
+                counts["delete"] = counts.get("delete", 0) + 1
+                meta = {"urn": urn, "type": res["type"], "provider": "", "old": _state(res)}
+                events += _step_events("delete", "delete", {**meta, "new": None})
+    else:
+        print(f"Previewing refresh ({stack}):")
+        cloud_file = Path(os.environ["FAKE_PULUMI_DIR"]) / "cloud.json"
+        cloud = json.loads(cloud_file.read_text()) if cloud_file.exists() else {}
+        for urn, res in old.items():
+            meta = {"urn": urn, "type": res["type"], "provider": "", "old": _state(res)}
+            if res["type"] in cloud and cloud[res["type"]] is None:
+                op, meta["new"] = "delete", None
+            else:
+                read = {**res["outputs"], **cloud.get(res["type"], {})}
+                keys = sorted(k for k in res["inputs"] if read.get(k) != res["outputs"].get(k))
+                op = "update" if keys else "same"
+                meta |= {"new": _state(res, read), **_diff_fields(res["type"], keys)}
+            counts[op] = counts.get(op, 0) + 1
+            events += _step_events(op, "refresh", meta)
+    events.append({"summaryEvent": {"durationSeconds": 1, "resourceChanges": counts}})
+    events.append({"cancelEvent": {}})
+    if "--event-log" in flags:
+        send_events(flags["--event-log"], [{"sequence": i, **e} for i, e in enumerate(events, 1)])
+    print("Resources:\n    " + ", ".join(f"{n} to {op}" for op, n in sorted(counts.items())))
     return 0
 
 

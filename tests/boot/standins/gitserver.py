@@ -64,8 +64,12 @@ class GitServer:
         repo_path: str = REPO_PATH,
         branch: str = "main",
         tls: bool = False,
+        refusal_status: int = 401,
     ) -> None:
         self._token = token
+        # 401 asks for credentials (git then says "could not read Username"); 403 is what a
+        # token without access to the repository gets ("The requested URL returned error: 403").
+        self.refusal_status = refusal_status
         self._source = source
         self.repo_path = repo_path
         self.branch = branch
@@ -200,8 +204,9 @@ class GitServer:
                 server._record(GitRequest(self.command, path, ok, sent))
                 if not ok:
                     body = b"authentication required\n"
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="citrus-agent"')
+                    self.send_response(server.refusal_status)
+                    if server.refusal_status == 401:
+                        self.send_header("WWW-Authenticate", 'Basic realm="citrus-agent"')
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)

@@ -1,0 +1,467 @@
+"""`apply` with real Git repositories, real PostgreSQL and a real queue worker (engine stand-in).
+
+What these show: a stale plan is refused; a canary whose agent never comes online stops the
+rollout; the blast-radius limit; `--prune` destroys exactly the removed servers and never one
+made over HTTP; `--retry-failed` reruns only the failed ones; a busy server fails alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from gitops import state
+from gitops.__main__ import main as gitops_main
+from gitops.apply import BUSY, fresh_plan
+from service.migrate import migrate
+from standin.pg import PgServer
+from tests.conftest import insert_server
+from tests.gitops.conftest import FleetRepo
+from tests.service.conftest import Worker, create_database, service_env, wait_for
+
+REPO = "acme/fleet"
+GITOPS_TEMPLATE = "citrus_gitops_apply_template"
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def gitops_template(pg_server: PgServer) -> str:
+    """Both schemas (ours, the queue's) once, in a template database of these tests' own.
+
+    Several modules import this fixture, and pytest runs a session fixture once per module
+    that defines it: the template is made only when it is not there yet.
+    """
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        there = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (GITOPS_TEMPLATE,)
+        ).fetchone()
+    if not there:
+        migrate(create_database(pg_server, GITOPS_TEMPLATE))
+    return GITOPS_TEMPLATE
+
+
+@pytest.fixture
+def service_db(pg_server: PgServer, gitops_template: str) -> Iterator[str]:
+    """A fresh database with both schemas."""
+    name = f"citrus_gitops_{os.getpid()}_{next(_databases)}"
+    yield create_database(pg_server, name, gitops_template)
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class Hub(threading.Thread):
+    """The Citrus hub stand-in: sets an agent 'online' when the hub would see it connect.
+
+    This is the true boundary of these tests. Real agents boot on droplets and connect to the
+    hub, which then sets `agents.status = 'online'`; neither droplets nor the hub exist here.
+    This thread does that one write, every 0.1 s, for the agents of the servers it accepts, and
+    never for the others, whose agents stay 'offline' as an agent that never boots would.
+    Everything else (the `active` server, the gates) is the product's own code.
+    """
+
+    def __init__(self, conninfo: str, refuse: set[str] | None = None) -> None:
+        super().__init__(daemon=True)
+        self.conninfo = conninfo
+        self.refuse = set(refuse or ())
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            while not self.stopped.wait(0.1):
+                found = conn.execute("SELECT name FROM agents WHERE status <> 'online'")
+                names = [
+                    n for (n,) in found.fetchall() if n.removeprefix("agent-") not in self.refuse
+                ]
+                if names:
+                    conn.execute(
+                        "UPDATE agents SET status = 'online' WHERE name = ANY(%s)", (names,)
+                    )
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+
+
+@pytest.fixture
+def env(service_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of `apply` and of its workers: the stand-in engine, quick settings."""
+    values = service_env(service_db, tmp_path / "state", CITRUS_TEST_ENGINE_STEP_DELAY="0")
+    for key in ("GITHUB_TOKEN", "ENGINE_WS_URL", "DIGITALOCEAN_TOKEN", "DO_API_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("CITRUS_GITOPS_REPOSITORY", "GITHUB_REPOSITORY", "AGENT_CONNECT_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {**values, "CITRUS_GITOPS_POLL_SECONDS": "0.1"}.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def hub(service_db: str) -> Iterator[Hub]:
+    thread = Hub(service_db)
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
+    """A worker of the service, running: apply refuses to queue work nobody would run."""
+    started = Worker(env, tmp_path / "worker.log").start()
+    wait_for(
+        lambda: query(env["DATABASE_URL"], "SELECT count(*) FROM procrastinate_workers")[0][0],
+        what="the worker to report in",
+    )
+    yield started
+    started.stop()
+    if started.proc is not None and started.proc.returncode not in (0, -15):
+        print((tmp_path / "worker.log").read_text())
+
+
+def gitops(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`python -m gitops ...` in this process; (exit code, stdout, stderr)."""
+    code = gitops_main(list(argv))
+    out, err = capsys.readouterr()
+    OUTPUT.append(f"$ gitops {' '.join(argv)}\n{out}{err}")
+    return code, out, err
+
+
+OUTPUT: list[str] = []  # every command's output of the test, shown when it fails
+
+
+@pytest.fixture(autouse=True)
+def _show_output() -> Iterator[None]:
+    """Prints the commands' output after the test (pytest shows it when the test failed)."""
+    OUTPUT.clear()
+    yield
+    print("\n".join(OUTPUT))
+
+
+def apply(capsys: pytest.CaptureFixture[str], repo: FleetRepo, *extra: str) -> tuple[int, str, str]:
+    return gitops(capsys, "apply", str(repo.fleet), "--repository", REPO, *extra)
+
+
+def query(conninfo: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def deployments(conninfo: str) -> list[tuple[str, str, str]]:
+    return [
+        (name, kind, st)
+        for name, kind, st in query(
+            conninfo, "SELECT server_name, kind, state FROM deployments ORDER BY id"
+        )
+    ]
+
+
+def servers(conninfo: str) -> dict[str, str]:
+    return dict(query(conninfo, "SELECT name, status FROM servers"))  # type: ignore[arg-type]
+
+
+def applies(conninfo: str) -> list[tuple[int, str | None]]:
+    return [
+        (i, o) for i, o in query(conninfo, "SELECT id, outcome FROM gitops_applies ORDER BY id")
+    ]
+
+
+def table(out: str) -> dict[str, list[str]]:
+    """The final table's rows by server: [action, wave, deployment, outcome, error...]."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("SERVER "))
+    found = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("apply "):
+            break
+        cells = line.split()
+        if cells[4] == "not":  # "not started"
+            cells = [*cells[:4], "not started", *cells[6:]]
+        found[cells[0]] = cells[1:]
+    return found
+
+
+def make_fleet(repo: FleetRepo, *names: str) -> str:
+    for name in names:
+        repo.write(name, size="s-1vcpu-1gb")
+    return repo.commit(f"add {', '.join(names)}")
+
+
+def http_server(conninfo: str, name: str) -> None:
+    """A server made over HTTP, as its finished `up` leaves the rows."""
+    insert_server(conninfo, name, status="active")
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, config) "
+            "VALUES (%s, 'up', 'succeeded', %s)",
+            (name, Jsonb({"serverName": name})),
+        )
+
+
+def timed(what: str, started: float) -> None:
+    print(f"{what}: {time.monotonic() - started:.1f}s")
+
+
+# -- refused before anything starts ---------------------------------------------------------------
+
+
+def test_a_plan_made_for_another_commit_is_refused(
+    env: dict[str, str], fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first = make_fleet(fleet_repo, "web-1")
+    plan_file = tmp_path / "plan.json"
+    code, _, _ = gitops(
+        capsys, "plan", str(fleet_repo.fleet), "--repository", REPO, "--json", str(plan_file)
+    )
+    assert code == 0
+    second = make_fleet(fleet_repo, "web-2")
+    code, _, err = apply(capsys, fleet_repo, "--plan", str(plan_file))
+    assert code == 1
+    assert f"plan made for {first}, HEAD is {second}: plan again" in err
+    assert deployments(env["DATABASE_URL"]) == []
+    assert applies(env["DATABASE_URL"]) == []
+
+
+def test_a_plan_the_fleet_moved_away_from_is_refused(
+    env: dict[str, str], fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    make_fleet(fleet_repo, "web-1", "web-2")
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        plan = fresh_plan(conn, fleet_repo.fleet, REPO)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    http_server(env["DATABASE_URL"], "web-2")  # someone made web-2 over HTTP meanwhile
+    code, _, err = apply(capsys, fleet_repo, "--plan", str(plan_file))
+    assert code == 1
+    assert "the fleet moved since the plan was made: 1 server(s) differ: web-2 (create" in err
+    assert "web-1" not in err
+    assert [d[0] for d in deployments(env["DATABASE_URL"])] == ["web-2"]  # only the HTTP one
+
+
+def test_a_plan_with_errors_is_refused(
+    env: dict[str, str], fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_fleet(fleet_repo, "web-1")
+    fleet_repo.write("web-2", size="s-1vcpu-1gb", colour="blue")
+    fleet_repo.commit()
+    code, _, err = apply(capsys, fleet_repo)
+    assert code == 1
+    assert "the plan has 1 error(s)" in err
+    assert "web-2" in err
+    assert deployments(env["DATABASE_URL"]) == []
+
+
+def test_uncommitted_files_are_refused(
+    env: dict[str, str], fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_fleet(fleet_repo, "web-1")
+    fleet_repo.write("web-2", size="s-1vcpu-1gb")
+    code, _, err = apply(capsys, fleet_repo)
+    assert code == 1
+    assert "uncommitted changes (fleet/Pulumi.web-2.yaml)" in err
+    assert deployments(env["DATABASE_URL"]) == []
+
+
+# -- waves and gates ------------------------------------------------------------------------------
+
+
+def test_a_canary_whose_agent_never_comes_online_stops_the_rollout(
+    env: dict[str, str],
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    hub: Hub,
+    worker: Worker,
+) -> None:
+    started = time.monotonic()
+    hub.refuse = {"web-1"}  # the canary: first by name
+    make_fleet(fleet_repo, "web-1", "web-2", "web-3")
+    code, out, _ = apply(capsys, fleet_repo, "--agent-timeout", "1.5")
+    timed("canary apply", started)
+    assert code == 1
+    assert "stopping: the canary failed (web-1); 2 server(s) not started" in out
+    rows = table(out)
+    assert rows["web-1"][:2] == ["create", "1"]
+    assert rows["web-1"][3] == "failed"
+    assert "the agent was not online 1.5s after the deployment" in out
+    assert rows["web-2"][3] == rows["web-3"][3] == "not started"
+    assert deployments(env["DATABASE_URL"]) == [("web-1", "up", "succeeded")]
+    assert applies(env["DATABASE_URL"])[-1][1] == "stopped"
+
+
+def test_a_healthy_rollout_runs_every_wave(
+    env: dict[str, str],
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    hub: Hub,
+    worker: Worker,
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    make_fleet(fleet_repo, "web-1", "web-2", "web-3")
+    result = tmp_path / "result.json"
+    code, out, _ = apply(capsys, fleet_repo, "--agent-timeout", "20", "--json", str(result))
+    timed("3-server apply", started)
+    assert code == 0, out
+    assert {n: r[1] for n, r in table(out).items()} == {"web-1": "1", "web-2": "2", "web-3": "3"}
+    assert servers(env["DATABASE_URL"]) == dict.fromkeys(("web-1", "web-2", "web-3"), "active")
+    saved = json.loads(result.read_text())
+    assert saved["outcome"] == "succeeded"
+    assert [s["outcome"] for s in saved["servers"]] == ["succeeded"] * 3
+    assert applies(env["DATABASE_URL"])[-1][1] == "succeeded"
+    # Nothing changed: nothing to do, and it says so.
+    code, out, _ = apply(capsys, fleet_repo)
+    assert code == 0
+    assert "0 up, 0 destroy" in out
+
+
+def test_a_busy_server_fails_alone(
+    env: dict[str, str],
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    hub: Hub,
+    worker: Worker,
+) -> None:
+    make_fleet(fleet_repo, "web-1", "web-2", "web-3", "web-4")
+    with psycopg.connect(env["DATABASE_URL"]) as conn:  # another apply's, still queued
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, config, source, repository, commit)"
+            " VALUES ('web-4', 'up', 'queued', '{}', 'gitops', %s, 'c0ffee')",
+            (REPO,),
+        )
+    code, out, _ = apply(capsys, fleet_repo, "--agent-timeout", "20")
+    assert code == 1
+    rows = table(out)
+    assert rows["web-4"][3] == "failed"
+    assert BUSY in out
+    assert [rows[n][3] for n in ("web-1", "web-2", "web-3")] == ["succeeded"] * 3
+
+
+# -- destroys -------------------------------------------------------------------------------------
+
+
+def test_prune_destroys_exactly_the_removed_servers_and_never_an_http_one(
+    env: dict[str, str],
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    hub: Hub,
+    worker: Worker,
+) -> None:
+    started = time.monotonic()
+    conninfo = env["DATABASE_URL"]
+    make_fleet(fleet_repo, "web-1", "web-2", "web-3")
+    assert apply(capsys, fleet_repo, "--agent-timeout", "20")[0] == 0
+    http_server(conninfo, "made-by-http")
+    fleet_repo.remove("web-2")
+    fleet_repo.commit("remove web-2")
+
+    code, out, _ = apply(capsys, fleet_repo)
+    assert code == 0
+    assert "will NOT destroy web-2: its file was removed: destroyed only with --prune" in out
+    assert table(out)["web-2"][3] == "skipped"
+    assert "web-2" in servers(conninfo)
+
+    code, out, _ = apply(capsys, fleet_repo, "--prune")
+    timed("prune test", started)
+    assert code == 0, out
+    assert "will destroy web-2" in out
+    assert out.index("will destroy web-2") < out.index("wave 1")  # listed before it starts
+    assert set(servers(conninfo)) == {"web-1", "web-3", "made-by-http"}
+    destroyed = [d for d in deployments(conninfo) if d[1] == "destroy"]
+    assert destroyed == [("web-2", "destroy", "succeeded")]
+
+
+def test_the_blast_radius_limit(
+    env: dict[str, str],
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    hub: Hub,
+    worker: Worker,
+) -> None:
+    conninfo = env["DATABASE_URL"]
+    names = ("a-1", "a-2", "a-3", "a-4")
+    make_fleet(fleet_repo, *names)
+    assert apply(capsys, fleet_repo, "--agent-timeout", "20")[0] == 0
+    for name in names:
+        fleet_repo.remove(name)
+    fleet_repo.commit("remove them all")
+    before = deployments(conninfo)
+
+    code, _, err = apply(capsys, fleet_repo, "--prune")
+    assert code == 1
+    assert "destroys or replaces 4 servers, more than max(3, 5% of the fleet of 4) = 3" in err
+    assert "a-1 (destroy), a-2 (destroy), a-3 (destroy), a-4 (destroy)" in err
+    code, _, err = apply(capsys, fleet_repo, "--prune", "--allow-destroy", "3")
+    assert code == 1
+    assert "--allow-destroy 3 allows only 3" in err
+    assert deployments(conninfo) == before  # nothing was queued
+
+    code, out, _ = apply(capsys, fleet_repo, "--prune", "--allow-destroy", "4")
+    assert code == 0, out
+    assert servers(conninfo) == {}
+
+
+# -- retry ----------------------------------------------------------------------------------------
+
+
+def test_retry_failed_reruns_only_the_failed_servers(
+    env: dict[str, str],
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    hub: Hub,
+    worker: Worker,
+) -> None:
+    conninfo = env["DATABASE_URL"]
+    hub.refuse = {"web-3"}  # the last wave's only server: its agent does not come (yet)
+    make_fleet(fleet_repo, "web-1", "web-2", "web-3")
+    code, out, _ = apply(capsys, fleet_repo, "--agent-timeout", "1.5")
+    assert code == 1
+    assert table(out)["web-3"][3] == "failed"
+    head = fleet_repo.git("rev-parse", "HEAD").strip()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        first = state.last_apply(conn, REPO, head)
+    assert first is not None
+
+    hub.refuse = set()  # fixed: its agent connects now
+    code, out, _ = apply(capsys, fleet_repo, "--retry-failed", "--agent-timeout", "20")
+    assert code == 0, out
+    assert "retrying the 1 server(s) that failed in apply" in out
+    assert list(table(out)) == ["web-3"]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        last = state.last_apply(conn, REPO, head)
+        assert last is not None
+        assert last != first
+        rerun = state.apply_deployments(conn, last)
+    assert [(d["server_name"], d["kind"], d["state"]) for d in rerun] == [
+        ("web-3", "up", "succeeded")
+    ]
+    assert servers(conninfo) == dict.fromkeys(("web-1", "web-2", "web-3"), "active")
+
+
+def test_retry_failed_without_an_earlier_apply_is_refused(
+    env: dict[str, str], fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_fleet(fleet_repo, "web-1")
+    code, _, err = apply(capsys, fleet_repo, "--retry-failed")
+    assert code == 1
+    assert "no earlier apply of" in err
+
+
+def test_without_a_running_worker_apply_refuses_and_queues_nothing(
+    env: dict[str, str], fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_fleet(fleet_repo, "web-1")
+    code, _, err = apply(capsys, fleet_repo)
+    assert code == 2
+    assert "no worker of the service is running" in err
+    assert "--workers N" in err
+    assert query(env["DATABASE_URL"], "SELECT count(*) FROM deployments") == [(0,)]
+    assert query(env["DATABASE_URL"], "SELECT count(*) FROM gitops_applies") == [(0,)]

@@ -1,0 +1,267 @@
+"""The fleet folder reader and `validate`: the program's own rules, line numbers, no secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitops.__main__ import main
+from gitops.fleet import ProgramRules, read_fleet, whole_load_errors
+from tests.gitops.conftest import FleetRepo
+
+SIZE_RULE = "must be a DigitalOcean size slug such as 's-1vcpu-512mb-10gb'"
+
+
+def errors_of(repo: FleetRepo) -> list[str]:
+    return [str(e) for e in read_fleet(repo.fleet, display="fleet").all_errors()]
+
+
+def test_a_valid_file_becomes_its_record_config(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text(
+        "Pulumi.web-1.yaml",
+        "config:\n"
+        "  citrus-deploy:size: s-1vcpu-1gb\n"
+        "  citrus-deploy:image: 12345\n"
+        "  citrus-deploy:tags: [web, eu]\n"
+        "  citrus-deploy:monitoring: true\n"
+        "  citrus-deploy:agentRepoRef:\n"
+        "  digitalocean:apiEndpoint: https://api.digitalocean.com\n"
+        "  gitops:adopt: true\n",
+    )
+    fleet = read_fleet(fleet_repo.fleet, display="fleet")
+    assert list(fleet.all_errors()) == []
+    stack = fleet.files["web-1"]
+    assert stack.path == "fleet/Pulumi.web-1.yaml"
+    assert stack.adopt is True
+    # Numbers as the CLI passes them; `key:` with no value is unset; gitops:* is not config.
+    assert stack.config == {
+        "serverName": "web-1",
+        "size": "s-1vcpu-1gb",
+        "image": "12345",
+        "tags": ["web", "eu"],
+        "monitoring": True,
+        "digitalocean:apiEndpoint": "https://api.digitalocean.com",
+    }
+
+
+def test_an_empty_file_is_a_server_with_the_defaults(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text("Pulumi.db-1.yaml", "")
+    fleet = read_fleet(fleet_repo.fleet)
+    assert list(fleet.all_errors()) == []
+    assert fleet.files["db-1"].config == {"serverName": "db-1"}
+
+
+def test_errors_name_the_file_and_line_of_the_key(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text(
+        "Pulumi.web-1.yaml",
+        "config:\n"
+        "  citrus-deploy:region: sfo3\n"
+        "\n"
+        "  citrus-deploy:size: BIG\n"
+        "  citrus-deploy:tags:\n"
+        "    - web\n"
+        "    - has space\n",
+    )
+    assert errors_of(fleet_repo) == [
+        f"fleet/Pulumi.web-1.yaml:4: citrus-deploy:size: {SIZE_RULE}",
+        "fleet/Pulumi.web-1.yaml:7: citrus-deploy:tags[1]: "
+        "must be 1-255 letters, digits, '_', ':' or '-'",
+    ]
+
+
+def test_the_programs_own_rules_apply(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write("a", region="sfo", agentRepoUrl="http://example.com/x.git")
+    fleet_repo.write("b", monitoring="maybe", vpcUuid="not-a-uuid", sshKeys="oops")
+    fleet_repo.write("c_d")  # not a hostname: the file name is the server name
+    errors = errors_of(fleet_repo)
+    assert errors == [
+        "fleet/Pulumi.a.yaml:2: citrus-deploy:agentRepoUrl: "
+        "must use https (the token travels with the request)",
+        "fleet/Pulumi.a.yaml:3: citrus-deploy:region: "
+        "must be a DigitalOcean region slug such as 'sfo3'",
+        "fleet/Pulumi.b.yaml:2: citrus-deploy:monitoring: must be true or false",
+        "fleet/Pulumi.b.yaml:3: citrus-deploy:sshKeys: must be a YAML/JSON list",
+        "fleet/Pulumi.b.yaml:4: citrus-deploy:vpcUuid: must be a UUID",
+        "fleet/Pulumi.c_d.yaml: the file name is the server name, which must be a hostname: "
+        "letters, digits, '-' and '.', each dot-separated part starting and ending with a "
+        "letter or digit",
+    ]
+
+
+def test_unknown_keys_are_errors(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text(
+        "Pulumi.web-1.yaml",
+        "config:\n  size: s-1vcpu-1gb\n  citrus-deploy:colour: red\n  aws:region: us-east-1\n",
+    )
+    assert errors_of(fleet_repo) == [
+        "fleet/Pulumi.web-1.yaml:2: size: unknown key; did you mean citrus-deploy:size?",
+        "fleet/Pulumi.web-1.yaml:3: citrus-deploy:colour: unknown key",
+        "fleet/Pulumi.web-1.yaml:4: aws:region: unknown key",
+    ]
+
+
+def test_server_name_must_equal_the_file_name(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write("web-1", serverName="web-2")
+    fleet_repo.write("web-3", serverName="web-3")
+    assert errors_of(fleet_repo) == [
+        "fleet/Pulumi.web-1.yaml:2: citrus-deploy:serverName: "
+        "must equal the file's name ('web-1'): the file name is the server name"
+    ]
+
+
+def test_names_are_unique_regardless_of_case(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write("web")
+    fleet_repo.write("WEB")
+    rule = (
+        "server names are unique regardless of case: Pulumi.WEB.yaml, Pulumi.web.yaml "
+        "name the same server"
+    )
+    assert errors_of(fleet_repo) == [
+        f"fleet/Pulumi.WEB.yaml: {rule}",
+        f"fleet/Pulumi.web.yaml: {rule}",
+    ]
+
+
+def test_other_yaml_files_are_errors_and_other_files_ignored(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text("web-1.yaml", "config: {}\n")
+    fleet_repo.write_text("notes.txt", "anything\n")
+    (fleet_repo.fleet / "sub").mkdir()
+    fleet = read_fleet(fleet_repo.fleet, display="fleet")
+    assert [str(e) for e in fleet.all_errors()] == [
+        "fleet/web-1.yaml: not a stack file: a fleet file is named Pulumi.<server name>.yaml"
+    ]
+    assert fleet.files == {}
+
+
+def test_broken_yaml_names_the_line(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text("Pulumi.web-1.yaml", "config:\n  citrus-deploy:size: [\n")
+    (error,) = errors_of(fleet_repo)
+    assert error.startswith("fleet/Pulumi.web-1.yaml:3: not valid YAML: ")
+
+
+def test_top_level_keys_other_than_config_are_errors(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text(
+        "Pulumi.web-1.yaml",
+        "secretsprovider: awskms://alias/x\nencryptedkey: AAAA\nconfig: {}\nenvironment: [x]\n",
+    )
+    why = (
+        "a fleet file has no secrets provider or key: the fleet's secrets come from the "
+        "pipeline's secret store; remove it"
+    )
+    assert errors_of(fleet_repo) == [
+        f"fleet/Pulumi.web-1.yaml:1: secretsprovider: {why}",
+        f"fleet/Pulumi.web-1.yaml:2: encryptedkey: {why}",
+        "fleet/Pulumi.web-1.yaml:4: environment: unknown top-level key: a fleet file holds "
+        "only `config:`",
+    ]
+
+
+SECRETS = {
+    "do_token": "dop_v1_0123456789abcdef0123456789abcdef",
+    "gh_token": "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    "pat": "github_pat_11ABCDEFG_0123456789abcdef",
+    "password": "hunter2-correct-horse",
+    "cipher": "v1:AAAABBBBCCCCsecretcipher",
+}
+
+
+def test_secrets_are_refused_without_echoing_them(
+    fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet_repo.write_text(
+        "Pulumi.web-1.yaml",
+        "config:\n"
+        f"  citrus-deploy:githubToken: {SECRETS['gh_token']}\n"
+        f"  digitalocean:token: {SECRETS['do_token']}\n"
+        f"  citrus-deploy:databaseUrl: postgresql://u:{SECRETS['password']}@db/x\n"
+        f"  citrus-deploy:agentRepoUrl: https://x:{SECRETS['password']}@github.com/o/r.git\n"
+        f"  citrus-deploy:tags: [web, {SECRETS['pat']}]\n"
+        f"  citrus-deploy:agentRepoRef: {SECRETS['do_token']}\n"
+        "  citrus-deploy:engineWsUrl:\n"
+        f"    secure: {SECRETS['cipher']}\n",
+    )
+    secret = "secrets come from the pipeline's secret store, never from a fleet file"
+    looks = "looks like a credential"
+    assert errors_of(fleet_repo) == [
+        f"fleet/Pulumi.web-1.yaml:2: citrus-deploy:githubToken: is a secret: {secret}",
+        f"fleet/Pulumi.web-1.yaml:3: digitalocean:token: is a secret: {secret}",
+        f"fleet/Pulumi.web-1.yaml:4: citrus-deploy:databaseUrl: is a secret: {secret}",
+        f"fleet/Pulumi.web-1.yaml:5: citrus-deploy:agentRepoUrl: {looks} "
+        f"(a URL with a password, value not shown): {secret}",
+        f"fleet/Pulumi.web-1.yaml:6: citrus-deploy:tags: {looks} "
+        f"(a DigitalOcean or GitHub token, value not shown): {secret}",
+        f"fleet/Pulumi.web-1.yaml:7: citrus-deploy:agentRepoRef: {looks} "
+        f"(a DigitalOcean or GitHub token, value not shown): {secret}",
+        f"fleet/Pulumi.web-1.yaml:8: citrus-deploy:engineWsUrl: holds an encrypted secret "
+        f"(secure:): {secret}",
+    ]
+    assert main(["validate", str(fleet_repo.fleet)]) == 1
+    printed = capsys.readouterr()
+    for value in SECRETS.values():
+        assert value not in printed.out + printed.err
+
+
+def test_validate_prints_each_error_and_fails(
+    fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # validate needs no database
+    fleet_repo.write("web-1", size="BIG")
+    fleet_repo.write("web-2", size="s-1vcpu-1gb")
+    monkeypatch.chdir(fleet_repo.root)
+    assert main(["validate", "fleet/"]) == 1
+    out = capsys.readouterr()
+    assert out.out == f"fleet/Pulumi.web-1.yaml:2: citrus-deploy:size: {SIZE_RULE}\n"
+    assert "1 error(s) in fleet" in out.err
+
+
+def test_validate_ok_says_how_many_files(
+    fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    fleet_repo.write("web-1", size="s-1vcpu-1gb")
+    fleet_repo.write("web-2")
+    monkeypatch.chdir(fleet_repo.root)
+    assert main(["validate", "fleet"]) == 0
+    assert capsys.readouterr().out == "OK: 2 stack file(s) in fleet\n"
+
+
+def test_validate_of_a_missing_folder_is_a_usage_error(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "/nonexistent/fleet"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"serverName": "web-1"},
+        {"serverName": "web-1", "size": "BIG", "region": "x", "tags": ["a b", "c"]},
+        {"serverName": "web_1", "agentName": "-bad-", "monitoring": "maybe", "sshKeys": "[1]"},
+        {"serverName": "web-1", "engineWsUrl": "http://x", "agentRepoUrl": "https://h/o/r"},
+        {"serverName": "w", "vpcUuid": "x", "image": "Bad!", "agentRepoRef": "a..b"},
+        {"serverName": "w", "tags": ["a", "a"], "sshKeys": ["zz"], "replaceOnBootScriptChange": 3},
+        {"serverName": "w", "monitoring": True, "tags": [], "digitalocean:apiEndpoint": "x"},
+    ],
+)
+def test_per_field_rules_equal_the_programs_whole_load(record: dict[str, object]) -> None:
+    """ProgramRules checks field by field (remembered); the program checks the whole file."""
+    name = str(record["serverName"])
+    rules = ProgramRules()
+    for _ in range(2):  # the second time from memory
+        assert sorted(rules.errors(record, name, set())) == sorted(whole_load_errors(record, name))
+
+
+def test_several_processes_read_a_fleet_as_one_does(fleet_repo: FleetRepo) -> None:
+    """`plan`/`validate` read a big fleet with one process per CPU; nothing may differ."""
+    for i in range(60):
+        size = "BIG" if i % 7 == 0 else "s-1vcpu-1gb"
+        fleet_repo.write_text(
+            f"Pulumi.web-{i}.yaml", f"config:\n  citrus-deploy:size: {size}\n  bad:key: x\n"
+        )
+    fleet_repo.write_text("Pulumi.WEB-1.yaml", "config: {}\n")
+    fleet_repo.write_text("stray.yml", "config: {}\n")
+    one = read_fleet(fleet_repo.fleet, display="fleet", jobs=1)
+    three = read_fleet(fleet_repo.fleet, display="fleet", jobs=3)
+    assert three == one
+    assert list(three.files) == list(one.files)
+    assert len(list(one.all_errors())) == 60 + 9 + 2 + 1  # unknown keys, sizes, case, stray
