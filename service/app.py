@@ -3,7 +3,7 @@ handlers, and the routers of each concern. OpenAPI at /openapi.json.
 
 api.py is the admin JSON API (every /admin route needs `Authorization: Bearer <ADMIN_TOKEN>`,
 dependencies.py), boot_reports.py what droplets report while they boot, health.py /healthz,
-metrics.py /metrics (Prometheus, behind the same token).
+metrics.py /metrics (Prometheus, behind the same token), console.py the operator pages.
 Errors are JSON with an explicit status per domain error (http_errors.py). The web process
 never runs Pulumi: it enqueues, and reads what workers recorded.
 """
@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from procrastinate import PsycopgConnector
 
-from service import api, boot_reports, health, metrics, tasks
+from service import api, boot_reports, console, health, metrics, tasks
 from service.http_errors import install_error_handlers
 from service.middleware import BodyLimit, HeadAsGet
 from service.pool import open_pool
@@ -101,4 +101,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(boot_reports.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(console.router(settings))  # the operator pages, /console
     return app

@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     # Swagger UI at /docs (assets from the fastapi-offline package, never a CDN). Unset: on with
     # CITRUS_ENV=development, off otherwise: an operator types the token into its page.
     docs: bool | None = Field(None, validation_alias="CITRUS_DOCS")
+    # The operator console (service/console.py): how long a sign-in lasts, and whether its
+    # cookie is Secure (unset: when the request came over https, as uvicorn sees it).
+    session_seconds: int = Field(
+        8 * 3600, ge=60, le=30 * 86400, validation_alias="CITRUS_SESSION_SECONDS"
+    )
+    cookie_secure: bool | None = Field(None, validation_alias="CITRUS_COOKIE_SECURE")
 
     @field_validator("pulumi_backend_url")
     @classmethod

@@ -1,0 +1,26 @@
+-- What the operator console (service/console.py) reads besides service.deployments' readers.
+-- Parameters are %(name)s only.
+
+-- name: console_fleet_details
+-- Region, size and the last deployment's times of the names deployments.list_servers returned
+-- (`names` and `ids` side by side: a name and its last deployment's id, or NULL).
+SELECT n.name, s.region, s.size, d.created_at, d.finished_at
+FROM unnest(%(names)s::text[], %(ids)s::bigint[]) AS n(name, deployment_id)
+LEFT JOIN servers s ON s.name = n.name
+LEFT JOIN deployments d ON d.id = n.deployment_id;
+
+-- name: console_deployments_of
+-- The server's last `limit` deployments, newest first, without their output.
+SELECT id, kind, state, error, attempts, created_at, started_at, finished_at
+FROM deployments WHERE server_name = %(server_name)s
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: console_output_start
+-- Where a page's output stream starts: the length of the output, and the tail the page shows.
+SELECT state, length(output) AS length, right(output, %(tail)s) AS tail
+FROM deployments WHERE id = %(id)s;
+
+-- name: console_output_since
+-- The output a stream has not sent yet: at most `max` characters after the first `from`.
+SELECT state, length(output) AS length, updated_at, substr(output, %(from)s + 1, %(max)s) AS more
+FROM deployments WHERE id = %(id)s;
