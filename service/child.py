@@ -156,9 +156,10 @@ async def _stop(proc: Any, reader: asyncio.Future[None], grace: float) -> bool:
         return True
 
 
-def _on_stop_request(stop: Callable[[], None], grace: float) -> None:
+def _on_stop_request(stop: Callable[[], None], grace: float) -> Callable[[], None]:
     """SIGTERM, or the worker's death: stop the deployment as the CLI stops (gracefully), and
-    kill this process group if that has not ended it within `grace` seconds."""
+    kill this process group if that has not ended it within `grace` seconds. Returns the
+    function that asks for that stop."""
     state = {"asked": False}
     parent = os.getppid()
 
@@ -185,6 +186,7 @@ def _on_stop_request(stop: Callable[[], None], grace: float) -> None:
                 return
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    return request
 
 
 def _child_main() -> int:
@@ -193,18 +195,29 @@ def _child_main() -> int:
     options = request["options"]
 
     printing = threading.Lock()  # the engine stand-in's steps print from several threads
+    stoppers: list[Callable[[], None]] = []  # set once the deployer exists
 
     def emit(line: str) -> None:
         text = "".join(
             part.replace(RESULT_MARK, " ") + "\n" for part in line.rstrip("\n").splitlines() or [""]
         )
         with printing:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except OSError:
+                # The worker is gone (a broken pipe) before the parent watch noticed. The output
+                # has no reader any more, but the step that printed it must still complete and
+                # be recorded: an error here would leave what it made out of the checkpoint,
+                # and the retried `up` would make it again. Drop the output, stop gracefully.
+                _discard_stdout()
+                for stop in stoppers:
+                    stop()
 
     try:
         deployer = make_deployer(options)
-        _on_stop_request(deployer.cancel, float(options.get("stop_grace", DEFAULT_STOP_GRACE)))
+        grace = float(options.get("stop_grace", DEFAULT_STOP_GRACE))
+        stoppers.append(_on_stop_request(deployer.cancel, grace))
         if request["kind"] == "up":
             outputs = deployer.up(request["stack"], config, emit)
         elif request["kind"] == "preview":
@@ -220,8 +233,19 @@ def _child_main() -> int:
     except Exception as exc:  # anything else: reported, not a traceback with values in it
         message = f"{type(exc).__name__}: {last_lines(str(exc), 5)}"
         result = {"ok": False, "error": message, "transient": False}
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    try:
+        print(RESULT_MARK + json.dumps(result), flush=True)
+    except OSError:  # nobody to tell: the worker is gone, and the retry reads the checkpoint
+        _discard_stdout()
     return 0
+
+
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null, so that no later write (nor the flush at exit) fails."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import runpy
@@ -537,8 +538,8 @@ class _Operation:
             res = Resource(urn, typ, custom=False, parent=request.parent)
             res.outputs = old.outputs if old else {}
             self.new[urn] = res
-            self._step(reg.op, urn)
             self.save()
+            self._step(reg.op, urn)
             return "", {}
         if self.mode == "destroy-program":
             return self._answer_from_state(reg, urn, news, old)
@@ -567,7 +568,8 @@ class _Operation:
             if key in outs:
                 outs[key] = secret(outs[key])
         reg.id, reg.outputs = id_, outs
-        self._step(op, urn, diffs=changed_keys(old.inputs, checked) if old else [])
+        # Recorded first, then announced, as the engine does: output can fail (its reader gone),
+        # and a resource made but not in the checkpoint would be made again by the next `up`.
         if not self.preview:
             res = Resource(
                 urn,
@@ -585,6 +587,7 @@ class _Operation:
                 self.replaced.append(old)
             self.new[urn] = res
             self.save()
+        self._step(op, urn, diffs=changed_keys(old.inputs, checked) if old else [])
         return id_, outs
 
     def _diff(self, typ: str, urn: str, provider_ref: str, old: Resource, checked: Props) -> str:
@@ -660,7 +663,9 @@ class _Operation:
                 self.new[urn].outputs = from_struct(outputs)
                 self.save()
 
-    def _delete(self, res: Resource, op: str = "delete") -> None:
+    def _delete(self, res: Resource, forget: Callable[[], object], op: str = "delete") -> None:
+        """Deletes `res` through its provider, `forget`s it in the checkpoint and saves it,
+        then says so (recorded before announced, as in _register)."""
         self._go_on()
         if res.custom and not res.type.startswith(PROVIDER_PREFIX) and not self.preview:
             prov = self.provider_for(res.type, res.provider)
@@ -671,6 +676,8 @@ class _Operation:
                 except ProviderError as exc:
                     self.error = EngineError(f"error: {exc}")
                     raise self.error from None
+        forget()
+        self.save()
         self._step(op, res.urn)
 
     def delete_unregistered(self) -> None:
@@ -678,22 +685,16 @@ class _Operation:
         dependents first."""
         gone = [r for urn, r in self.old.items() if urn not in self.registered]
         for res in reversed(gone):
-            self._delete(res)
-            self.new.pop(res.urn, None)
-            self.save()
+            self._delete(res, functools.partial(self.new.pop, res.urn, None))
         for res in reversed(list(self.replaced)):
-            self._delete(res, "delete-replaced")
-            self.replaced.remove(res)
-            self.save()
+            self._delete(res, functools.partial(self.replaced.remove, res), "delete-replaced")
 
     def delete_all(self) -> None:
         for res in reversed([*self.new.values(), *self.replaced]):
-            self._delete(res)
             if res in self.replaced:
-                self.replaced.remove(res)
+                self._delete(res, functools.partial(self.replaced.remove, res))
             else:
-                self.new.pop(res.urn, None)
-            self.save()
+                self._delete(res, functools.partial(self.new.pop, res.urn, None))
 
     def refresh_all(self) -> None:
         for res in list(self.new.values()):

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from standin import fakes
 from standin.engine import Engine
 from standin.pg import PgServer, free_port
 from tests.service.conftest import (
@@ -211,6 +212,11 @@ def test_a_worker_killed_mid_deployment_is_recorded_and_retried(
     assert "stopped sending heartbeats" in last["outputTail"]
     assert rows(service_db, "SELECT count(*) FROM agents") == [(1,)]
     assert rows(service_db, "SELECT count(*) FROM servers") == [(1,)]
+    # What the step in flight made is in the checkpoint: one droplet, the one the stack knows.
+    (droplet_id,) = rows(service_db, "SELECT digital_ocean_id FROM servers")[0]
+    assert list(fakes.droplets(tmp_path / "state" / "test-engine" / "digitalocean.json")) == [
+        droplet_id
+    ]
 
 
 def test_a_deployment_killed_past_its_grace_is_left_for_an_operator(

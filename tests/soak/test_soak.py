@@ -204,7 +204,16 @@ def _check(conninfo: str, state: Path, load: Load) -> dict[str, Any]:
         if agents[f"agent-{name}"] > 1:
             problems.append(f"{name}: {agents[f'agent-{name}']} agents rows")
         if gone and (name in servers or agents[f"agent-{name}"] or droplets[name]):
-            problems.append(f"{name}: destroyed, yet rows or a droplet are left")
+            left = {
+                "servers row": name in servers,
+                "agents rows": agents[f"agent-{name}"],
+                "droplets": droplets[name],
+            }
+            problems.append(
+                f"{name}: destroyed, yet rows or a droplet are left: {left}; "
+                f"deployments (kind, state, attempts): "
+                f"{[(k, st, a) for n, k, st, a in deployments if n == name]}"
+            )
         if gone and (state / "test-engine" / f"{name}.json").exists():
             problems.append(f"{name}: destroyed, yet its checkpoint is left")
         if (last_kind, last_state) == ("up", "succeeded"):
