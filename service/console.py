@@ -42,9 +42,10 @@ from psycopg.rows import dict_row
 from citrus import validation
 from citrus.errors import DatabaseUnreachable, InvalidValue
 from citrus.validation import SERVER_NAME_MAX
-from db import queries
 from service import boot_reports, deployments
+from service.api import QueueRoom
 from service.deployments import DeploymentConflict, NotFound
+from service.http_errors import QUEUE_RETRY_AFTER, QueueFull
 from service.settings import Settings
 
 log = logging.getLogger("citrus.console")
@@ -488,21 +489,14 @@ class Console:
         except InvalidValue:
             raise Refused(404, f"No server named {name!r}.") from None
 
-    async def queue_has_room(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-        """CITRUS_MAX_QUEUED, as the JSON API applies it."""
-        cap = self.settings.max_queued
-        if cap == 0:
-            return
-        async with pool.connection() as conn:
-            cur = await conn.execute(queries.load()["count_active_deployments"], {"cap": cap})
-            row = await cur.fetchone()
-        if row is not None and row[0] >= cap:
-            raise Refused(
-                503,
-                f"{cap} deployments are queued or running (CITRUS_MAX_QUEUED); nothing was "
-                "changed, retry in a minute.",
-                {"Retry-After": "60"},
-            )
+    @staticmethod
+    async def queue_has_room(request: Request, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        """CITRUS_MAX_QUEUED, checked by the JSON API's own QueueRoom (app.state.queue_room)."""
+        room: QueueRoom = request.app.state.queue_room
+        try:
+            await room.check(pool)
+        except QueueFull as exc:
+            raise Refused(503, f"{exc}.", {"Retry-After": str(QUEUE_RETRY_AFTER)}) from None
 
     def stream(self, chunks: AsyncIterator[bytes]) -> StreamingResponse:
         if self.streams >= MAX_STREAMS:
@@ -638,7 +632,7 @@ class Console:
         name = fields.get("name", "").strip() or None
         pool = self.pool(request)
         try:
-            await self.queue_has_room(pool)
+            await self.queue_has_room(request, pool)
             dep = await deployments.enqueue_up(pool, name)
         except (InvalidValue, DeploymentConflict) as exc:
             code = 422 if isinstance(exc, InvalidValue) else 409
@@ -705,7 +699,7 @@ class Console:
         name = self.server_name(name)
         pool = self.pool(request)
         try:
-            await self.queue_has_room(pool)
+            await self.queue_has_room(request, pool)
             await deployments.enqueue_up(pool, name)
         except (InvalidValue, DeploymentConflict) as exc:
             code = 422 if isinstance(exc, InvalidValue) else 409
@@ -727,7 +721,7 @@ class Console:
             )
         pool = self.pool(request)
         try:
-            await self.queue_has_room(pool)
+            await self.queue_has_room(request, pool)
             await deployments.enqueue_destroy(pool, name)
         except NotFound as exc:
             raise Refused(404, f"{exc}.") from None

@@ -448,3 +448,22 @@ def test_ages_read_like_the_scripts() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     for seconds, text in ((5, "5 s"), (125, "2 min"), (7300, "2 h"), (200_000, "2 d")):
         assert console.age(now - timedelta(seconds=seconds), now) == text
+
+
+def test_a_full_queue_refuses_a_deploy_from_the_page_as_the_api_does(
+    service_db: str, tmp_path: Path
+) -> None:
+    settings = make_settings(service_db, tmp_path / "state", CITRUS_MAX_QUEUED="1")
+    with TestClient(create_app(settings)) as client:
+        client.post("/console/sign-in", data={"token": TOKEN}, headers=ORIGIN)
+        token = csrf_of(client)
+        first = client.post(
+            "/console/servers", data={"csrf": token, "name": "web-1"}, headers=ORIGIN
+        )
+        assert first.status_code == 200  # followed to the server page
+        full = client.post(
+            "/console/servers", data={"csrf": token, "name": "web-2"}, headers=ORIGIN
+        )
+        assert (full.status_code, full.headers["retry-after"]) == (503, "60")
+        assert "1 deployments are queued or running (CITRUS_MAX_QUEUED)" in full.text
+    assert queued(settings) == [("web-1", "up")]
