@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: a real PostgreSQL with the schema, one fresh database per test."""
+"""Fixtures shared by every test: a real PostgreSQL with the schema, one fresh database per test
+(`database`: our schema; `service_db`: ours plus the queue's)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,36 @@ import pytest
 from psycopg import sql
 
 from db.__main__ import migrate
+from service.migrate import migrate as migrate_service
 from standin.pg import PgServer
 
 TEMPLATE_DB = "citrus_template"
+SERVICE_TEMPLATE = "citrus_service_template"
 _counter = itertools.count()
+
+
+def create_database(server: PgServer, name: str, template: str | None = None) -> str:
+    """Creates database `name`, a copy of `template` when given; returns its conninfo."""
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        conn.execute(query)
+    return server.conninfo(name)
+
+
+def _drop_database(server: PgServer, name: str) -> None:
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One server for the session; the schema is applied once, to a template database."""
     server = PgServer().start()
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
-    migrate(server.conninfo(TEMPLATE_DB))
+    migrate(create_database(server, TEMPLATE_DB))
     yield server
     server.destroy()
 
@@ -34,15 +52,25 @@ def pg_server() -> Iterator[PgServer]:
 def database(pg_server: PgServer) -> Iterator[str]:
     """A fresh database copied from the schema template; yields its conninfo."""
     name = f"citrus_test_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
-            )
-        )
-    yield pg_server.conninfo(name)
-    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    yield create_database(pg_server, name, TEMPLATE_DB)
+    _drop_database(pg_server, name)
+
+
+# Defined here, once, for every test folder: pytest runs a session fixture once per place that
+# defines it, and a template made twice fails on the second CREATE DATABASE.
+@pytest.fixture(scope="session")
+def service_template(pg_server: PgServer) -> str:
+    """Our schema plus procrastinate's, once, in a template database."""
+    migrate_service(create_database(pg_server, SERVICE_TEMPLATE))
+    return SERVICE_TEMPLATE
+
+
+@pytest.fixture
+def service_db(pg_server: PgServer, service_template: str) -> Iterator[str]:
+    """A fresh database with both schemas, copied from the service template; yields its conninfo."""
+    name = f"citrus_svc_{os.getpid()}_{next(_counter)}"
+    yield create_database(pg_server, name, service_template)
+    _drop_database(pg_server, name)
 
 
 def insert_server(conninfo: str, name: str, status: str = "provisioning") -> str:

@@ -4,7 +4,6 @@ the test's tmp_path), named in its report."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -15,20 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from psycopg import sql
 
-from service.migrate import migrate
 from standin.engine import ROOT
-from standin.pg import PgServer, free_port
+from standin.pg import free_port
 from tests.browser.chrome import missing
-from tests.service.conftest import Worker, create_database, service_env
-
-# A template of its own: tests/service's session fixture makes citrus_service_template, and both
-# may run in one session.
-TEMPLATE = "citrus_browser_template"
-_counter = itertools.count()
+from tests.service.conftest import Worker, launch_worker, starter
 
 REASON = missing()
 
@@ -104,49 +95,14 @@ class Web:
                 self.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def browser_template(pg_server: PgServer) -> str:
-    """Our schema plus procrastinate's, once, in a template database."""
-    migrate(create_database(pg_server, TEMPLATE))
-    return TEMPLATE
+@pytest.fixture
+def start_web(service_db: str, tmp_path: Path) -> Iterator[Callable[..., Web]]:
+    yield from starter(Web, "web", service_db, tmp_path)
 
 
 @pytest.fixture
-def browser_db(pg_server: PgServer, browser_template: str) -> Iterator[str]:
-    name = f"citrus_browser_{os.getpid()}_{next(_counter)}"
-    yield create_database(pg_server, name, browser_template)
-    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def start_web(browser_db: str, tmp_path: Path) -> Iterator[Callable[..., Web]]:
-    started: list[Web] = []
-
-    def start(**extra: str) -> Web:
-        env = service_env(browser_db, tmp_path / "state", **extra)
-        web = Web(env, tmp_path / f"web-{len(started)}.log")
-        started.append(web)
-        return web
-
-    yield start
-    for web in started:
-        web.stop()
-
-
-@pytest.fixture
-def start_worker(browser_db: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
-
-    def start(**extra: str) -> Worker:
-        env = service_env(browser_db, tmp_path / "state", **extra)
-        worker = Worker(env, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+def start_worker(service_db: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    yield from starter(launch_worker, "worker", service_db, tmp_path)
 
 
 @pytest.fixture

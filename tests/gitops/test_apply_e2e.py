@@ -2,7 +2,7 @@
 
 Real Git repository, real PostgreSQL, two real `python -m service worker` processes started
 by apply itself (gitops.workers), the engine stand-in; agents come online only through the
-hub stand-in (tests.gitops.test_apply.Hub, the true boundary).
+hub stand-in (tests.gitops.conftest.Hub, the true boundary).
 """
 
 from __future__ import annotations
@@ -16,21 +16,7 @@ import psycopg
 import pytest
 
 from gitops import state
-from tests.gitops.conftest import FleetRepo
-from tests.gitops.test_apply import (  # noqa: F401 (fixtures)
-    REPO,
-    Hub,
-    _show_output,
-    apply,
-    env,
-    gitops,
-    gitops_template,
-    hub,
-    make_fleet,
-    query,
-    service_db,
-    table,
-)
+from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query, table
 
 NAMES = tuple(f"web-{i:02d}" for i in range(1, 21))
 
@@ -43,10 +29,10 @@ def timer() -> Iterator[None]:
 
 
 def test_twenty_files_become_twenty_ready_servers(
-    env: dict[str, str],  # noqa: F811 (a fixture)
+    env: dict[str, str],
     fleet_repo: FleetRepo,
     capsys: pytest.CaptureFixture[str],
-    hub: Hub,  # noqa: F811 (a fixture)
+    hub: Hub,
     tmp_path: Path,
     timer: None,
 ) -> None:
@@ -81,10 +67,10 @@ def test_twenty_files_become_twenty_ready_servers(
 
 
 def test_a_failing_server_does_not_stop_the_others_in_its_wave(
-    env: dict[str, str],  # noqa: F811 (a fixture)
+    env: dict[str, str],
     fleet_repo: FleetRepo,
     capsys: pytest.CaptureFixture[str],
-    hub: Hub,  # noqa: F811 (a fixture)
+    hub: Hub,
     timer: None,
 ) -> None:
     conninfo = env["DATABASE_URL"]

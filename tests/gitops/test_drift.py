@@ -2,7 +2,7 @@
 
 Real Git repository, PostgreSQL, workers (started by `drift --workers 1`) and the engine
 stand-in, whose fake DigitalOcean keeps its droplets in a file the test can edit behind the
-engine's back (standin.fakes); agents come online through the hub stand-in (test_apply.Hub).
+engine's back (standin.fakes); agents come online through the hub stand-in (conftest.Hub).
 """
 
 from __future__ import annotations
@@ -15,20 +15,7 @@ import pytest
 
 from gitops.drift import describe
 from standin import fakes
-from tests.gitops.conftest import FleetRepo
-from tests.gitops.test_apply import (  # noqa: F401 (fixtures)
-    REPO,
-    Hub,
-    _show_output,
-    apply,
-    env,
-    gitops,
-    gitops_template,
-    hub,
-    make_fleet,
-    query,
-    service_db,
-)
+from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query
 
 
 def drift(capsys: pytest.CaptureFixture[str], repo: FleetRepo, *extra: str) -> tuple[int, str, str]:
@@ -60,10 +47,10 @@ def test_describe_names_what_drifted() -> None:
 
 
 def test_drift_sees_a_deleted_droplet_and_a_row_changed_by_hand_and_nothing_else(
-    env: dict[str, str],  # noqa: F811 (a fixture)
+    env: dict[str, str],
     fleet_repo: FleetRepo,
     capsys: pytest.CaptureFixture[str],
-    hub: Hub,  # noqa: F811 (a fixture)
+    hub: Hub,
     tmp_path: Path,
 ) -> None:
     conninfo = env["DATABASE_URL"]

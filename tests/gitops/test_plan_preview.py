@@ -1,7 +1,7 @@
 """`plan --preview`: the engine's own preview of each changed server, run by the queue's workers.
 
 Real Git repository, PostgreSQL and workers (`plan --workers 1`) under the engine stand-in;
-agents come online through the hub stand-in (test_apply.Hub).
+agents come online through the hub stand-in (conftest.Hub).
 """
 
 from __future__ import annotations
@@ -10,27 +10,14 @@ import json
 
 import pytest
 
-from tests.gitops.conftest import FleetRepo
-from tests.gitops.test_apply import (  # noqa: F401 (fixtures)
-    REPO,
-    Hub,
-    _show_output,
-    apply,
-    env,
-    gitops,
-    gitops_template,
-    hub,
-    make_fleet,
-    query,
-    service_db,
-)
+from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query
 
 
 def test_preview_shows_what_the_engine_would_do_to_each_changed_server(
-    env: dict[str, str],  # noqa: F811 (a fixture)
+    env: dict[str, str],
     fleet_repo: FleetRepo,
     capsys: pytest.CaptureFixture[str],
-    hub: Hub,  # noqa: F811 (a fixture)
+    hub: Hub,
 ) -> None:
     make_fleet(fleet_repo, "web-1", "web-2", "web-3")
     assert apply(capsys, fleet_repo, "--workers", "1", "--agent-timeout", "20")[0] == 0

@@ -1,8 +1,8 @@
-"""Fixtures of the service tests: a database with both schemas, settings, the app, workers."""
+"""Fixtures of the service tests: settings, the app, workers. Their database with both schemas,
+`service_db`, is tests/conftest.py's, shared with every test folder."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -10,50 +10,22 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from psycopg import sql
 
 from service.app import create_app
 from service.migrate import migrate
 from service.settings import Settings, load_settings
 from standin.engine import ROOT
 from standin.pg import PgServer
+from tests.conftest import create_database as create_database  # re-exported: modules import it
 
-SERVICE_TEMPLATE = "citrus_service_template"
 TOKEN = "test-admin-token-0123456789abcdef"
 PASSPHRASE = "stand-in-passphrase-0f3c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-_counter = itertools.count()
-
-
-def create_database(server: PgServer, name: str, template: str | None = None) -> str:
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        conn.execute(query)
-    return server.conninfo(name)
-
-
-@pytest.fixture(scope="session")
-def service_template(pg_server: PgServer) -> str:
-    """Our schema plus procrastinate's, once, in a template database."""
-    migrate(create_database(pg_server, SERVICE_TEMPLATE))
-    return SERVICE_TEMPLATE
-
-
-@pytest.fixture
-def service_db(pg_server: PgServer, service_template: str) -> Iterator[str]:
-    name = f"citrus_svc_{os.getpid()}_{next(_counter)}"
-    yield create_database(pg_server, name, service_template)
-    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
@@ -136,19 +108,39 @@ class Worker:
                 self.proc.wait()
 
 
-@pytest.fixture
-def start_worker(service_db: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
 
-    def start(**extra: str) -> Worker:
-        env = service_env(service_db, tmp_path / "state", **extra)
-        worker = Worker(env, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(worker)
-        return worker
+
+_P = TypeVar("_P", bound=_Stoppable)
+
+
+def starter(
+    launch: Callable[[dict[str, str], Path], _P], kind: str, database: str, tmp_path: Path
+) -> Iterator[Callable[..., _P]]:
+    """The body of a `start_<kind>` fixture: yields `start(**extra)`, which launches one more
+    process on `database` (env from `service_env` plus `extra`, log in tmp_path/<kind>-N.log);
+    every process started is stopped after the test. Use it as `yield from starter(...)`."""
+    started: list[_P] = []
+
+    def start(**extra: str) -> _P:
+        env = service_env(database, tmp_path / "state", **extra)
+        process = launch(env, tmp_path / f"{kind}-{len(started)}.log")
+        started.append(process)
+        return process
 
     yield start
-    for worker in started:
-        worker.stop()
+    for process in started:
+        process.stop()
+
+
+def launch_worker(env: dict[str, str], log: Path) -> Worker:
+    return Worker(env, log).start()
+
+
+@pytest.fixture
+def start_worker(service_db: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    yield from starter(launch_worker, "worker", service_db, tmp_path)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
