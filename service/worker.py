@@ -285,9 +285,15 @@ class Maintenance:
                 await self._retry(job)
                 continue
             dep_id = int(job.task_kwargs["deployment_id"])
-            if await deployments.alive(self.pool, dep_id, self.settings.worker_stalled_timeout):
+            # The attempt must have been quiet for DEPLOY_STOP_GRACE longer than a stalled
+            # worker: when its worker died, its deployer child stops by itself, finishing the
+            # step in flight, and is gone within that grace (killed past it, leaving what an
+            # operator must see). A retry sooner could meet the child's lock or half-made step.
+            quiet = self.settings.worker_stalled_timeout + self.settings.deploy_stop_grace_seconds
+            if await deployments.alive(self.pool, dep_id, quiet):
                 # Its procrastinate worker went quiet (a database outage stops its heartbeat,
-                # and a restart gives it a new id), but the attempt itself still beats.
+                # and a restart gives it a new id), but the attempt itself still beats, or
+                # has not been quiet long enough for its child to be gone.
                 continue
             dep = await deployments.get_deployment(self.pool, dep_id, tail=0)
             what = (

@@ -47,6 +47,8 @@ def service_env(database: str, state_dir: Path, **extra: str) -> dict[str, str]:
         "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
         "WORKER_HEARTBEAT_INTERVAL": "0.5",
         "WORKER_STALLED_TIMEOUT": "3",
+        # A dead worker's deployment is retried once its child had this long to stop.
+        "DEPLOY_STOP_GRACE": "5",
         "RETRY_BACKOFF_SECONDS": "0.5",
         "CITRUS_DB_TIMEOUT": "2",
         "CITRUS_WAIT_MAX_SECONDS": "30",

@@ -219,6 +219,32 @@ def test_a_worker_killed_mid_deployment_is_recorded_and_retried(
     ]
 
 
+def test_a_dead_workers_deployment_is_retried_only_once_its_child_has_stopped(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """The worker dies during a 15 s create. Its child finishes that step (within its 20 s
+    grace) and stops; the retry must not start before, or it would find the stack locked by
+    the child and end as needs_operator. It starts after stalled timeout + grace, and succeeds."""
+    first = start_worker(CITRUS_TEST_ENGINE_STEP_DELAY="15", DEPLOY_STOP_GRACE="20")
+    client.post(DEPLOY, json={"name": "slow-1"}, headers=AUTH)
+
+    def creating() -> bool:  # the component's step is done; the first slow create has begun
+        current = server(client, "slow-1")["currentDeployment"]
+        return bool(current) and "AgentServer agent-server created" in current["outputTail"]
+
+    wait_for(creating, what="the first create")
+    first.kill()
+    start_worker(DEPLOY_STOP_GRACE="20")
+    shown = wait_for(lambda: finished(client, "slow-1"), timeout=90, what="the retry")
+
+    last = shown["lastDeployment"]
+    assert (last["state"], last["attempts"]) == ("succeeded", 2), last["error"]
+    (droplet_id,) = rows(service_db, "SELECT digital_ocean_id FROM servers")[0]
+    assert list(fakes.droplets(tmp_path / "state" / "test-engine" / "digitalocean.json")) == [
+        droplet_id
+    ]
+
+
 def test_a_deployment_killed_past_its_grace_is_left_for_an_operator(
     client: TestClient, service_db: str, start_worker: Callable[..., Worker]
 ) -> None:

@@ -233,5 +233,14 @@ def _check(conninfo: str, state: Path, load: Load) -> dict[str, Any]:
         "deployments": dict(states),
         "retried": sum(1 for *_, attempts in deployments if attempts > 1),
         "servers_left": len(servers),
+        # Why any deployment did not succeed, in its own words (first line of its error).
+        "not_succeeded": [
+            f"{name} {kind} {dep_state}: {(error or '').splitlines()[0] if error else '-'}"
+            for name, kind, dep_state, error in rows(
+                conninfo,
+                "SELECT server_name, kind, state, error FROM deployments "
+                "WHERE state <> 'succeeded' ORDER BY id",
+            )
+        ],
         "problems": problems,
     }
