@@ -485,6 +485,12 @@ SELECT id, server_name, kind, config, state, result, error, attempts, created_at
        finished_at
 FROM checks WHERE id = %(id)s;
 
+-- name: select_finished_checks
+-- Those of the checks `ids` that have finished: one round trip however many a command waits for.
+SELECT id, server_name, kind, config, state, result, error, attempts, created_at, started_at,
+       finished_at
+FROM checks WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('succeeded', 'failed');
+
 -- name: start_check
 -- No row: the check is already finished (a retried job of a check that ended).
 UPDATE checks

@@ -11,7 +11,6 @@ import contextlib
 import gc
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -237,42 +236,28 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _preview(conn: Any, servers: list[Any], timeout: float) -> int:
     """Queues one engine preview per changed server, waits for all; returns how many failed."""
-    try:
-        from service import checks
-    except ImportError:
-        raise UsageError(
-            "--preview needs the engine checks (service/checks.py), missing from this install"
-        ) from None
-    pending = {checks.enqueue_check(conn, s.name, "preview", s.config): s for s in servers}
+    from service import checks
+
+    queued = {checks.enqueue_check(conn, s.name, "preview", s.config): s for s in servers}
     conn.commit()
-    deadline = time.monotonic() + timeout
-    failed = 0
-    while pending:
-        for check_id in list(pending):
-            result = checks.get_check(conn, check_id)
-            conn.commit()
-            if result["state"] in ("succeeded", "failed"):
-                server = pending.pop(check_id)
-                body = result.get("result") or {}
-                server.preview = {
-                    "state": result["state"],
-                    "summary": body.get("summary"),
-                    "steps": body.get("steps"),
-                    "error": result.get("error"),
-                }
-                failed += result["state"] == "failed"
-        if pending and time.monotonic() > deadline:
-            for server in pending.values():
-                server.preview = {
-                    "state": "timeout",
-                    "summary": None,
-                    "steps": None,
-                    "error": f"no result after {timeout:g}s: are the service's workers running?",
-                }
-            return failed + len(pending)
-        if pending:
-            time.sleep(1.0)
-    return failed
+    conn.autocommit = True  # each poll reads what the workers committed since
+    done, unfinished = checks.wait_for_checks(conn, list(queued), timeout=timeout, poll=1.0)
+    for check_id, check in done.items():
+        body = check.get("result") or {}
+        queued[check_id].preview = {
+            "state": check["state"],
+            "summary": body.get("summary"),
+            "steps": body.get("steps"),
+            "error": check.get("error"),
+        }
+    for check_id in unfinished:
+        queued[check_id].preview = {
+            "state": "timeout",
+            "summary": None,
+            "steps": None,
+            "error": f"no result after {timeout:g}s: are the service's workers running?",
+        }
+    return sum(1 for c in done.values() if c["state"] == "failed") + len(unfinished)
 
 
 def _fleet_dir(path: Path) -> Path:

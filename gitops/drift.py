@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,29 +94,21 @@ def run_checks(
     from service import checks
 
     found = {name: Drift(name) for name, _ in servers}
-    pending: dict[int, str] = {}
+    names: dict[int, str] = {}
     for name, config in servers:
         check_id = checks.enqueue_check(conn, name, "refresh", config)
         found[name].check_id = check_id
-        pending[check_id] = name
-    deadline = time.monotonic() + timeout
-    while pending:
-        watch()
-        for check_id, name in list(pending.items()):
-            check = checks.get_check(conn, check_id)
-            if check["state"] == "succeeded":
-                found[name].changes = describe(check.get("result") or {})
-            elif check["state"] == "failed":
-                found[name].error = check.get("error") or "the check failed"
-            else:
-                continue
-            del pending[check_id]
-        if pending:
-            if time.monotonic() > deadline:
-                for check_id, name in pending.items():
-                    found[name].error = f"check {check_id} did not finish within {timeout:g}s"
-                break
-            time.sleep(poll)
+        names[check_id] = name
+    done, unfinished = checks.wait_for_checks(
+        conn, list(names), timeout=timeout, poll=poll, watch=watch
+    )
+    for check_id, check in done.items():
+        if check["state"] == "succeeded":
+            found[names[check_id]].changes = describe(check.get("result") or {})
+        else:
+            found[names[check_id]].error = check.get("error") or "the check failed"
+    for check_id in unfinished:
+        found[names[check_id]].error = f"check {check_id} did not finish within {timeout:g}s"
     return [found[name] for name, _ in servers]
 
 

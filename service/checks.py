@@ -10,6 +10,8 @@ lock, and store the result. A check changes nothing: no resource, no row, no che
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -63,6 +65,39 @@ def get_check(conn: psycopg.Connection, check_id: int) -> dict[str, Any]:
     if row is None:
         raise CheckNotFound(f"no check {check_id}")
     return {key: row[key] for key in _FIELDS}
+
+
+def wait_for_checks(
+    conn: psycopg.Connection,
+    ids: Sequence[int],
+    *,
+    timeout: float,
+    poll: float = 0.5,
+    watch: Callable[[], None] = lambda: None,
+) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """Waits until every check of `ids` has finished, or `timeout` seconds passed, polling with
+    one query for all of them; returns (finished checks by id, ids still unfinished).
+
+    `watch` runs before each poll and may raise (e.g. when the workers started for the
+    command died). `conn` must be in autocommit, or each poll would read one old snapshot.
+    """
+    pending = set(ids)
+    done: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        watch()
+        with conn.cursor(row_factory=dict_row) as cur:
+            found = cur.execute(
+                queries.load()["select_finished_checks"], {"ids": sorted(pending)}
+            ).fetchall()
+        for row in found:
+            done[row["id"]] = {key: row[key] for key in _FIELDS}
+            pending.discard(row["id"])
+        if pending:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+    return done, sorted(pending)
 
 
 class CheckRunner:

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.automation import AutomationDeployer
-from service.checks import CheckNotFound, enqueue_check, get_check
+from service.checks import CheckNotFound, enqueue_check, get_check, wait_for_checks
 from service.deployer import CheckStep, DeployError, StackValue, masked, refresh_result
 from standin.engine import Engine
 from tests.service import fake_pulumi
@@ -264,3 +264,29 @@ def test_the_stand_in_cli_refuses_a_real_refresh(
     code = fake_pulumi.answer(["refresh", "--exec-kind", "local"], "web-1", stacks)
 
     assert code == 2
+
+
+def test_waiting_for_checks_returns_the_finished_and_names_the_rest(service_db: str) -> None:
+    """What `plan --preview` and `drift` wait with: one query a poll, however many checks."""
+    with psycopg.connect(service_db, autocommit=True) as conn:
+        ids = [
+            enqueue_check(conn, f"web-{i}", "refresh", {"serverName": f"web-{i}"})
+            for i in (1, 2, 3)
+        ]
+        # As a worker records them:
+        conn.execute(
+            "UPDATE checks SET state = 'succeeded', result = '{\"steps\": []}' WHERE id = %s",
+            (ids[0],),
+        )
+        conn.execute("UPDATE checks SET state = 'failed', error = 'boom' WHERE id = %s", (ids[1],))
+        polls: list[int] = []
+        done, unfinished = wait_for_checks(
+            conn, ids, timeout=0.3, poll=0.1, watch=lambda: polls.append(1)
+        )
+    assert {i: (c["state"], c["error"]) for i, c in done.items()} == {
+        ids[0]: ("succeeded", None),
+        ids[1]: ("failed", "boom"),
+    }
+    assert done[ids[0]]["result"] == {"steps": []}
+    assert unfinished == [ids[2]]
+    assert len(polls) >= 2  # it kept polling for the third until the timeout
