@@ -11,7 +11,7 @@ import contextlib
 import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,14 +212,15 @@ def run_plan(args: argparse.Namespace) -> int:
     plan = make_plan(fleet, deployed, repository=repository, commit=commit, program_hash=program)
     failed_previews = 0
     if args.preview:
-        from gitops.workers import Workers, require_workers
+        from gitops.workers import ServiceWorkersWatch, Workers, require_workers
 
         workers = Workers(args.workers) if args.workers > 0 else contextlib.nullcontext()
         with workers, _connect(conninfo) as conn:
             if args.workers <= 0:
                 require_workers(conn)
             changed = [s for s in plan.servers if s.action in CHANGED]
-            failed_previews = _preview(conn, changed, args.preview_timeout)
+            watch = workers.check if isinstance(workers, Workers) else ServiceWorkersWatch(conn)
+            failed_previews = _preview(conn, changed, args.preview_timeout, watch)
 
     _write(args.json, report.to_json(plan))
     if args.markdown is not None or args.json != "-":
@@ -234,14 +235,16 @@ def run_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _preview(conn: Any, servers: list[Any], timeout: float) -> int:
+def _preview(conn: Any, servers: list[Any], timeout: float, watch: Callable[[], None]) -> int:
     """Queues one engine preview per changed server, waits for all; returns how many failed."""
     from service import checks
 
     queued = {checks.enqueue_check(conn, s.name, "preview", s.config): s for s in servers}
     conn.commit()
     conn.autocommit = True  # each poll reads what the workers committed since
-    done, unfinished = checks.wait_for_checks(conn, list(queued), timeout=timeout, poll=1.0)
+    done, unfinished = checks.wait_for_checks(
+        conn, list(queued), timeout=timeout, poll=1.0, watch=watch
+    )
     for check_id, check in done.items():
         body = check.get("result") or {}
         queued[check_id].preview = {

@@ -518,6 +518,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from gitops import state
+    from gitops.workers import ServiceWorkersWatch, require_workers
 
     canary = int(_opt(args, "canary", 1))
     if canary < 1:
@@ -555,8 +556,6 @@ def _apply(args: argparse.Namespace) -> int:
             print(f"  will NOT destroy {result.name}: {result.error}", file=out)
         waves = plan_waves(ups, destroys, canary)
         if (ups or destroys) and not _opt(args, "workers", 0):
-            from gitops.workers import require_workers
-
             require_workers(conn)
         apply_id = state.start_apply(conn, plan["repository"], plan["commit"], plan)
         stopped: str | None = None
@@ -572,7 +571,7 @@ def _apply(args: argparse.Namespace) -> int:
                 agent_timeout=agent_timeout,
                 poll=poll,
                 settle=settler,
-                watch=workers.check if workers else (lambda: None),
+                watch=workers.check if workers else ServiceWorkersWatch(conn),
             )
             results, stopped = rollout.run(waves)
         except BaseException:

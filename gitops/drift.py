@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
 def _drift(args: argparse.Namespace) -> int:
     from gitops import state
     from gitops.apply import database_url, repository_of
-    from gitops.workers import Workers, require_workers
+    from gitops.workers import ServiceWorkersWatch, Workers, require_workers
 
     repository = repository_of(Path(args.dir), getattr(args, "repository", None))
     count = int(getattr(args, "workers", None) or 0)
@@ -154,9 +154,8 @@ def _drift(args: argparse.Namespace) -> int:
             require_workers(conn)
         workers = Workers(count).start() if count > 0 else None
         try:
-            drifts = run_checks(
-                conn, servers, poll=poll, watch=workers.check if workers else lambda: None
-            )
+            watch = workers.check if workers else ServiceWorkersWatch(conn)
+            drifts = run_checks(conn, servers, poll=poll, watch=watch)
         finally:
             if workers is not None:
                 codes = workers.stop()

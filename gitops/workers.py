@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -37,6 +38,22 @@ class NoWorkers(CitrusError):
 # A worker beats every WORKER_HEARTBEAT_INTERVAL (10 s); the service takes one silent for
 # WORKER_STALLED_TIMEOUT (30 s) as dead.
 _ALIVE_SECONDS = 30
+
+
+class ServiceWorkersWatch:
+    """While a command waits on the service's workers: raises NoWorkers once none has reported
+    for 30 s (checked every `every` seconds), instead of waiting for ever."""
+
+    def __init__(self, conn: Any, every: float = 10.0) -> None:
+        self.conn = conn
+        self.every = every
+        self._last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self._last < self.every:
+            return
+        self._last = time.monotonic()
+        require_workers(self.conn)
 
 
 def require_workers(conn: Any) -> None:

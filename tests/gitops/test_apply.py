@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from gitops import state
 from gitops.apply import BUSY, fresh_plan
+from gitops.workers import NoWorkers, ServiceWorkersWatch
 from tests.conftest import insert_server
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query, table
 from tests.service.conftest import Worker
@@ -310,3 +311,15 @@ def test_without_a_running_worker_apply_refuses_and_queues_nothing(
     assert "--workers N" in err
     assert query(env["DATABASE_URL"], "SELECT count(*) FROM deployments") == [(0,)]
     assert query(env["DATABASE_URL"], "SELECT count(*) FROM gitops_applies") == [(0,)]
+
+
+def test_waiting_stops_once_the_services_workers_are_gone(service_db: str) -> None:
+    """apply, drift and plan --preview wait on the service's workers; when the last one stops
+    reporting they say so, instead of waiting for ever."""
+    with psycopg.connect(service_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO procrastinate_workers DEFAULT VALUES")  # reported just now
+        watch = ServiceWorkersWatch(conn, every=0)
+        watch()
+        conn.execute("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 min'")
+        with pytest.raises(NoWorkers, match="no worker of the service is running"):
+            watch()
