@@ -524,6 +524,8 @@ def _apply(args: argparse.Namespace) -> int:
     if canary < 1:
         raise CitrusError(f"--canary must be at least 1, got {canary}")
     agent_timeout = float(_opt(args, "agent_timeout", agent_connect_timeout()))
+    if not math.isfinite(agent_timeout) or agent_timeout < 0:
+        raise CitrusError(f"--agent-timeout must be a number of seconds >= 0, not {agent_timeout}")
     poll = float(_opt(args, "poll", os.environ.get("CITRUS_GITOPS_POLL_SECONDS", POLL_SECONDS)))
     conninfo = database_url()
     with psycopg.connect(conninfo, autocommit=True) as conn:

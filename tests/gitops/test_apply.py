@@ -323,3 +323,12 @@ def test_waiting_stops_once_the_services_workers_are_gone(service_db: str) -> No
         conn.execute("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 min'")
         with pytest.raises(NoWorkers, match="no worker of the service is running"):
             watch()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_bad_agent_timeout_is_refused_by_name(
+    fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    code, _, err = gitops(capsys, "apply", str(fleet_repo.fleet), "--agent-timeout", value)
+    assert code == 2
+    assert "--agent-timeout must be a number of seconds >= 0" in err
