@@ -502,3 +502,15 @@ CREATE OR REPLACE TRIGGER metrics_count_boot_failure
     FOR EACH ROW WHEN (NEW.event = 'failure')
     EXECUTE FUNCTION metrics_count_boot_failure();
 -- (end of the metrics block)
+
+-- -- The operator console's sign-outs (service/console.py, service/console.sql) ------------------
+-- A console session is a signed cookie; signing out records its id here until the session's own
+-- expiry, so a copy of the cookie is refused by every web process. Each signed-in request looks
+-- its id up by primary key; a sign-out deletes the expired rows (by the expires_at index).
+CREATE TABLE IF NOT EXISTS console_signouts (
+    session_id text        PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS console_signouts_expires_at ON console_signouts (expires_at);
+-- (end of the console block)

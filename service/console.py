@@ -3,10 +3,11 @@ enqueue functions as the JSON API, with live updates by server-sent events.
 
 Signing in with the admin token sets a session cookie (HMAC-signed, HttpOnly, SameSite=Lax,
 Secure over https, with an expiry); every POST carries the session's CSRF token and must come
-from this origin. Signed out, every console URL redirects to the sign-in page. The live views
-never hold a database connection while idle: the fleet is read by one poller per process and
-pushed to each open page only when its rows change; a deployment's output is read per stream,
-a short query a second, from where the stream left off.
+from this origin. Signing out records the session's id in PostgreSQL until it expires, so a copy
+of the cookie is refused by every web process. Signed out, every console URL redirects to the
+sign-in page. The live views never hold a database connection while idle: the fleet is read by
+one poller per process and pushed to each open page only when its rows change; a deployment's
+output is read per stream, a short query a second, from where the stream left off.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ FLEET_LIMIT = 1000  # the fleet page shows at most this many servers
 HISTORY_SHOWN = 20  # deployments listed on a server's page
 
 # Live updates. A stream ends after STREAM_SECONDS (or when its session expires) and the
-# browser's EventSource reconnects by itself, so a signed-out or expired session stops getting
-# rows within that time. At most MAX_STREAMS are open per web process (the rest get 503), far
-# under CITRUS_MAX_CONNECTIONS, which every open stream counts against.
+# browser's EventSource reconnects by itself, so an expired session stops getting rows within
+# that time; a signed-out one within a poll (each poll of the database checks the session). At
+# most MAX_STREAMS are open per web process (the rest get 503), far under
+# CITRUS_MAX_CONNECTIONS, which every open stream counts against.
 FLEET_INTERVAL = 1.0
 OUTPUT_INTERVAL = 1.0
 HEARTBEAT_SECONDS = 15.0
@@ -139,6 +141,7 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Session:
+    id: str  # what a sign-out records (console_signouts)
     csrf: str
     expires: int
 
@@ -152,7 +155,8 @@ def _unb64(text: str) -> bytes:
 
 
 class Sessions:
-    """Signed session cookies: `<payload>.<HMAC-SHA256 of it>`, payload = expiry + CSRF token.
+    """Signed session cookies: `<payload>.<HMAC-SHA256 of it>`, payload = a random session id,
+    expiry and CSRF token. (Whether the id was signed out is the database's: Console.signed_in.)
 
     The key is derived from ADMIN_TOKEN (never the token itself), so every web process checks
     the others' cookies and a new token signs everyone out.
@@ -167,8 +171,12 @@ class Sessions:
 
     def issue(self, now: float | None = None) -> tuple[str, Session]:
         expires = int(now if now is not None else time.time()) + self.lifetime
-        session = Session(csrf=secrets.token_urlsafe(32), expires=expires)
-        payload = _b64(json.dumps({"exp": expires, "csrf": session.csrf}).encode())
+        session = Session(
+            id=secrets.token_urlsafe(16), csrf=secrets.token_urlsafe(32), expires=expires
+        )
+        payload = _b64(
+            json.dumps({"sid": session.id, "exp": expires, "csrf": session.csrf}).encode()
+        )
         return f"{payload}.{self._sign(payload)}", session
 
     def read(self, cookie: str | None, now: float | None = None) -> Session | None:
@@ -179,12 +187,28 @@ class Sessions:
             return None
         try:
             data = json.loads(_unb64(payload))
-            session = Session(csrf=str(data["csrf"]), expires=int(data["exp"]))
+            session = Session(id=str(data["sid"]), csrf=str(data["csrf"]), expires=int(data["exp"]))
         except (ValueError, KeyError, TypeError):
             return None
         if session.expires <= (now if now is not None else time.time()):
             return None
         return session
+
+
+async def signed_out(conn: psycopg.AsyncConnection[Any], session_id: str) -> bool:
+    """Whether the session was signed out (console_signouts): one primary-key lookup."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(sql()["console_signed_out"], {"session_id": session_id})
+    found = await cur.fetchone()
+    return bool(found and found["signed_out"])
+
+
+async def record_sign_out(pool: psycopg_pool.AsyncConnectionPool[Any], session: Session) -> None:
+    """Refuses the session in every web process until it expires (and prunes expired rows)."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            sql()["console_sign_out"], {"session_id": session.id, "expires": session.expires}
+        )
 
 
 class FailedSignIns:
@@ -272,45 +296,79 @@ def only(rows: Iterable[FleetRow], status: str | None) -> tuple[FleetRow, ...]:
     return tuple(r for r in rows if status is None or r.status == status)
 
 
+async def signed_out_among(
+    pool: psycopg_pool.AsyncConnectionPool[Any], session_ids: Iterable[str]
+) -> frozenset[str]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            sql()["console_signed_out_among"], {"session_ids": list(session_ids)}
+        )
+        return frozenset(str(row[0]) for row in await cur.fetchall())
+
+
 @dataclass
 class FleetWatch:
     """One poller per web process: reads the fleet every FLEET_INTERVAL while a page listens,
-    and wakes the listeners when it changed. The connection is the pool's for one read only."""
+    and wakes the listeners when it changed. With it, it reads which of the listening sessions
+    were signed out, so their streams end within a poll. The connection is the pool's for one
+    read only."""
 
     pool: psycopg_pool.AsyncConnectionPool[Any]
     rows: tuple[FleetRow, ...] | None = None
     version: int = 0
-    listeners: int = 0
+    listeners: dict[str, int] = field(default_factory=dict)  # session id -> open streams
+    signed_out: frozenset[str] = frozenset()
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _task: asyncio.Task[None] | None = None
 
+    def join(self, session_id: str) -> None:
+        self.listeners[session_id] = self.listeners.get(session_id, 0) + 1
+
+    def leave(self, session_id: str) -> None:
+        self.listeners[session_id] -= 1
+        if self.listeners[session_id] <= 0:
+            del self.listeners[session_id]
+
     async def _run(self) -> None:
-        while self.listeners > 0:
+        while self.listeners:
             try:
                 rows = await load_fleet(self.pool)
+                gone = await signed_out_among(self.pool, self.listeners)
             except DB_DOWN as exc:
                 log.warning("console: fleet not read, database unreachable (%s)", type(exc))
             except Exception:
                 log.exception("console: fleet not read")
             else:
-                if rows != self.rows:
+                if rows != self.rows or gone != self.signed_out:
                     async with self._changed:
-                        self.rows, self.version = rows, self.version + 1
+                        if rows != self.rows:
+                            self.rows, self.version = rows, self.version + 1
+                        self.signed_out = gone
                         self._changed.notify_all()
             await asyncio.sleep(FLEET_INTERVAL)
-        self.rows, self._task = None, None
+        self.rows, self.signed_out, self._task = None, frozenset(), None
 
-    async def next(self, seen: int, timeout: float) -> tuple[int, tuple[FleetRow, ...] | None]:
-        """The rows once their version is past `seen`, or (seen, None) after `timeout`."""
+    async def next(
+        self, session_id: str, seen: int, timeout: float
+    ) -> tuple[int, tuple[FleetRow, ...] | None]:
+        """The rows once their version is past `seen`, or (seen, None) after `timeout` or once
+        the session is in `signed_out`."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         async with self._changed:
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.version > seen and self.rows is not None),
+                    self._changed.wait_for(
+                        lambda: (
+                            session_id in self.signed_out
+                            or (self.version > seen and self.rows is not None)
+                        )
+                    ),
                     timeout,
                 )
             except TimeoutError:
+                return seen, None
+            if session_id in self.signed_out:
                 return seen, None
             return self.version, self.rows
 
@@ -386,10 +444,12 @@ def sign_in_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(location, status_code=303, headers=SECURITY_HEADERS)
 
 
-def guarded_route(sessions: Sessions) -> type[APIRoute]:
-    """The route class of the console: signed out, any route but the public ones answers the
-    sign-in redirect before FastAPI validates anything; Refused, bad parameters and an
-    unreachable database answer a page."""
+def guarded_route(
+    signed_in: Callable[[Request], Awaitable[Session | None]],
+) -> type[APIRoute]:
+    """The route class of the console: signed out (`signed_in` answers None), any route but the
+    public ones answers the sign-in redirect before FastAPI validates anything; Refused, bad
+    parameters and an unreachable database answer a page."""
 
     class ConsoleRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -397,9 +457,9 @@ def guarded_route(sessions: Sessions) -> type[APIRoute]:
             public = self.path in PUBLIC
 
             async def guarded(request: Request) -> Response:
-                if not public and sessions.read(request.cookies.get(COOKIE)) is None:
-                    return sign_in_redirect(request)
                 try:
+                    if not public and await signed_in(request) is None:
+                        return sign_in_redirect(request)
                     return await handler(request)
                 except SignedOut:
                     return sign_in_redirect(request)
@@ -441,8 +501,23 @@ class Console:
         pool: psycopg_pool.AsyncConnectionPool[Any] = request.app.state.pool
         return pool
 
-    def session(self, request: Request) -> Session:
+    async def signed_in(self, request: Request) -> Session | None:
+        """The request's session: its cookie signed by us, unexpired and not signed out. The
+        database is asked only for a well-signed cookie, once per request (the answer is kept
+        on the request for the route's own check)."""
+        if hasattr(request.state, "console_session"):
+            kept: Session | None = request.state.console_session
+            return kept
         found = self.sessions.read(request.cookies.get(COOKIE))
+        if found is not None:
+            async with self.pool(request).connection() as conn:
+                if await signed_out(conn, found.id):
+                    found = None
+        request.state.console_session = found
+        return found
+
+    async def session(self, request: Request) -> Session:
+        found = await self.signed_in(request)
         if found is None:
             raise SignedOut
         return found
@@ -467,7 +542,7 @@ class Console:
 
     async def action(self, request: Request) -> tuple[Session, dict[str, str]]:
         """A state-changing POST: signed in, from this origin, with the session's CSRF token."""
-        session = self.session(request)
+        session = await self.session(request)
         if not self.same_origin(request):
             raise Refused(403, "Refused: the form was sent from another site.")
         fields = await self.form(request)
@@ -527,7 +602,7 @@ class Console:
     # -- sign in and out --------------------------------------------------------------------
 
     async def sign_in_page(self, request: Request, next: str | None = None) -> Response:
-        if self.sessions.read(request.cookies.get(COOKIE)) is not None:
+        if await self.signed_in(request) is not None:
             return RedirectResponse(self._next(next), status_code=303, headers=SECURITY_HEADERS)
         return page("sign_in.html", next=self._next(next))
 
@@ -570,7 +645,8 @@ class Console:
         return response
 
     async def sign_out(self, request: Request) -> Response:
-        await self.action(request)
+        session, _ = await self.action(request)
+        await record_sign_out(self.pool(request), session)
         response = RedirectResponse(SIGN_IN, status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(
             COOKIE, path=PREFIX, secure=self.secure(request), httponly=True, samesite="lax"
@@ -580,7 +656,7 @@ class Console:
     # -- the fleet --------------------------------------------------------------------------
 
     async def fleet(self, request: Request, status: str | None = None) -> Response:
-        session = self.session(request)
+        session = await self.session(request)
         wanted = self.status_filter(status)
         rows = only(await load_fleet(self.pool(request)), wanted)
         return page("fleet.html", session=session, rows=rows, shown=wanted)
@@ -600,7 +676,7 @@ class Console:
         )
 
     async def fleet_events(self, request: Request, status: str | None = None) -> Response:
-        session = self.session(request)
+        session = await self.session(request)
         wanted = self.status_filter(status)
         if self._watch is None:
             self._watch = FleetWatch(self.pool(request))
@@ -608,12 +684,14 @@ class Console:
         rows_template = templates().get_template("_fleet_rows.html")
 
         async def events() -> AsyncIterator[bytes]:
-            watch.listeners += 1
+            watch.join(session.id)
             try:
                 seen, sent = 0, None
                 end = time.monotonic() + min(STREAM_SECONDS, session.expires - time.time())
                 while (left := end - time.monotonic()) > 0:
-                    seen, rows = await watch.next(seen, min(HEARTBEAT_SECONDS, left))
+                    seen, rows = await watch.next(session.id, seen, min(HEARTBEAT_SECONDS, left))
+                    if session.id in watch.signed_out:
+                        return
                     if rows is None:
                         yield b": idle\n\n"
                         continue
@@ -623,7 +701,7 @@ class Console:
                         html = rows_template.render(rows=mine, shown=wanted)
                         yield sse("fleet", html)
             finally:
-                watch.listeners -= 1
+                watch.leave(session.id)
 
         return self.stream(events())
 
@@ -691,7 +769,7 @@ class Console:
         )
 
     async def server(self, request: Request, name: str) -> Response:
-        session = self.session(request)
+        session = await self.session(request)
         return await self._server_page(request, session, self.server_name(name))
 
     async def retry(self, request: Request, name: str) -> Response:
@@ -732,7 +810,7 @@ class Console:
         )
 
     async def output_events(self, request: Request, deployment_id: int, start: int = 0) -> Response:
-        session = self.session(request)
+        session = await self.session(request)
         resume = request.headers.get("last-event-id", "")
         offset = int(resume) if resume.isdigit() and len(resume) < 12 else max(0, start)
         pool = self.pool(request)
@@ -745,6 +823,20 @@ class Console:
                 row: dict[str, Any] | None = await cur.fetchone()
                 return row
 
+        async def tick() -> dict[str, Any] | None:
+            """The output not sent yet, or None if the deployment is gone; raises SignedOut
+            once the session was signed out (checked on the same connection, every poll)."""
+            async with pool.connection() as conn:
+                if await signed_out(conn, session.id):
+                    raise SignedOut
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(
+                    sql()["console_output_since"],
+                    {"id": deployment_id, "from": offset, "max": OUTPUT_CHUNK},
+                )
+                row: dict[str, Any] | None = await cur.fetchone()
+                return row
+
         async def events() -> AsyncIterator[bytes]:
             nonlocal offset
             last_change: datetime | None = None
@@ -752,10 +844,9 @@ class Console:
             end = time.monotonic() + min(STREAM_SECONDS, session.expires - time.time())
             while time.monotonic() < end:
                 try:
-                    row = await read(
-                        sql()["console_output_since"],
-                        {"id": deployment_id, "from": offset, "max": OUTPUT_CHUNK},
-                    )
+                    row = await tick()
+                except SignedOut:
+                    return
                 except DB_DOWN:
                     row = {}  # try again at the next tick
                 if row is None:
@@ -787,7 +878,7 @@ class Console:
         return self.stream(events())
 
     async def elsewhere(self, request: Request, rest: str) -> Response:
-        self.session(request)
+        await self.session(request)
         if rest == "" and request.method == "GET":
             return RedirectResponse(PREFIX, status_code=303, headers=SECURITY_HEADERS)
         return page("error.html", 404, message="No such page.")
@@ -798,7 +889,7 @@ class Console:
             raise Refused(404, "No such file.")
         media_type, public = found
         if not public:
-            self.session(request)
+            await self.session(request)
         body = (HERE / "static" / name).read_bytes()
         headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}
         return Response(body, media_type=media_type, headers=headers)
@@ -808,7 +899,7 @@ def router(settings: Settings) -> APIRouter:
     """The console's routes, for `app.include_router(console.router(settings))`."""
     console = Console(settings)
     routes = APIRouter(
-        prefix=PREFIX, route_class=guarded_route(console.sessions), include_in_schema=False
+        prefix=PREFIX, route_class=guarded_route(console.signed_in), include_in_schema=False
     )
     table: Sequence[tuple[str, str, Callable[..., Awaitable[Response]]]] = (
         ("GET", "/sign-in", console.sign_in_page),

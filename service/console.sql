@@ -24,3 +24,20 @@ FROM deployments WHERE id = %(id)s;
 -- The output a stream has not sent yet: at most `max` characters after the first `from`.
 SELECT state, length(output) AS length, updated_at, substr(output, %(from)s + 1, %(max)s) AS more
 FROM deployments WHERE id = %(id)s;
+
+-- name: console_sign_out
+-- Records a signed-out session until its own expiry (its cookie is refused after that anyway),
+-- and deletes the rows whose sessions have expired, so the table stays as small as the sign-outs
+-- of one session lifetime.
+WITH expired AS (DELETE FROM console_signouts WHERE expires_at <= now())
+INSERT INTO console_signouts (session_id, expires_at)
+VALUES (%(session_id)s, to_timestamp(%(expires)s))
+ON CONFLICT (session_id) DO NOTHING;
+
+-- name: console_signed_out
+-- Whether a session was signed out: one primary-key lookup, on every signed-in request.
+SELECT EXISTS (SELECT FROM console_signouts WHERE session_id = %(session_id)s) AS signed_out;
+
+-- name: console_signed_out_among
+-- Which of the sessions with a live fleet view open were signed out (the fleet poller's check).
+SELECT session_id FROM console_signouts WHERE session_id = ANY(%(session_ids)s::text[]);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import psycopg
@@ -251,6 +252,117 @@ def test_sign_out_clears_the_cookie(signed_in: TestClient) -> None:
     assert (answer.status_code, answer.headers["location"]) == (303, "/console/sign-in")
     assert "max-age=0" in answer.headers["set-cookie"].lower()
     assert signed_in.get("/console", follow_redirects=False).status_code == 303
+
+
+def sign_in(client: TestClient) -> tuple[str, str]:
+    """A new session's cookie and CSRF token; the client holds the cookie."""
+    answer = client.post(
+        "/console/sign-in", data={"token": TOKEN}, headers=ORIGIN, follow_redirects=False
+    )
+    assert answer.status_code == 303, answer.text
+    return client.cookies[console.COOKIE], csrf_of(client)
+
+
+def as_cookie(value: str) -> dict[str, str]:
+    return {"Cookie": f"{console.COOKIE}={value}"}
+
+
+def test_a_signed_out_cookie_is_refused_by_every_web_process(
+    client: TestClient, settings: Settings
+) -> None:
+    insert_server(database(settings), "web-1", "failed")
+    copied, copied_csrf = sign_in(client)
+    client.cookies.clear()
+    other, other_csrf = sign_in(client)
+    client.cookies.clear()
+    answer = client.post(
+        "/console/sign-out",
+        data={"csrf": copied_csrf},
+        headers={**ORIGIN, **as_cookie(copied)},
+        follow_redirects=False,
+    )
+    assert (answer.status_code, answer.headers["location"]) == (303, "/console/sign-in")
+    # Replayed on another web process (a second app over the same database).
+    with TestClient(create_app(settings), raise_server_exceptions=False) as fresh:
+        for method, path in SIGNED_OUT:
+            answer = fresh.request(
+                method,
+                path,
+                data={"csrf": copied_csrf, "confirm": "web-1", "name": "web-2"},
+                headers={**ORIGIN, **as_cookie(copied)},
+                follow_redirects=False,
+            )
+            assert answer.status_code == 303, (method, path, answer.text)
+            assert answer.headers["location"].startswith("/console/sign-in"), (method, path)
+        # The sign-in page shows its form (no redirect to a page that would send it back).
+        form = fresh.get("/console/sign-in", headers=as_cookie(copied), follow_redirects=False)
+        assert (form.status_code, 'type="password"' in form.text) == (200, True)
+        assert queued(settings) == []
+        # The session signed in separately is still one.
+        page = fresh.get("/console", headers=as_cookie(other), follow_redirects=False)
+        assert (page.status_code, "Sign out" in page.text) == (200, True)
+        deployed = fresh.post(
+            "/console/servers",
+            data={"csrf": other_csrf, "name": "web-2"},
+            headers={**ORIGIN, **as_cookie(other)},
+            follow_redirects=False,
+        )
+        assert deployed.status_code == 303
+    assert queued(settings) == [("web-2", "up")]
+
+
+def test_sign_outs_are_kept_until_their_sessions_expire(
+    client: TestClient, settings: Settings
+) -> None:
+    with psycopg.connect(database(settings)) as conn:
+        conn.execute(
+            "INSERT INTO console_signouts VALUES ('old', now() - interval '1 s'), "
+            "('live', now() + interval '1 h')"
+        )
+    sign_in(client)
+    answer = client.post(
+        "/console/sign-out", data={"csrf": csrf_of(client)}, headers=ORIGIN, follow_redirects=False
+    )
+    assert answer.status_code == 303
+    # The new row lasts as long as the session (8 h); the expired one was deleted.
+    found = dict(
+        rows(
+            database(settings),
+            "SELECT session_id, expires_at > now() + interval '7 h' FROM console_signouts",
+        )
+    )
+    assert found.pop("old", None) is None
+    assert found.pop("live") is False
+    assert list(found.values()) == [True]
+
+
+@pytest.mark.parametrize("stream", ["fleet", "output"])
+def test_an_open_stream_ends_soon_after_its_session_signs_out(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch, stream: str
+) -> None:
+    monkeypatch.setattr(console, "STREAM_SECONDS", 30.0)  # a stream that never ends fails
+    insert_server(database(settings), "web-1", "active")
+    with psycopg.connect(database(settings)) as conn:
+        found = conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, output, started_at) "
+            "VALUES ('web-1', 'up', 'running', 'one\n', now()) RETURNING id"
+        ).fetchone()
+    assert found is not None
+    path = "/console/events" if stream == "fleet" else f"/console/deployments/{found[0]}/events"
+    _, token = sign_in(client)
+    with client.stream("GET", path) as answer:
+        chunks = answer.iter_text()
+        seen = ""
+        while f"event: {stream}" not in seen:
+            seen += next(chunks)
+        signed_out = client.post(
+            "/console/sign-out", data={"csrf": token}, headers=ORIGIN, follow_redirects=False
+        )
+        assert signed_out.status_code == 303
+        started = time.monotonic()
+        rest = "".join(chunks)
+    assert time.monotonic() - started < 5, rest
+    assert "event:" not in rest
 
 
 # -- CSRF and the actions -----------------------------------------------------------------------
