@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from citrus.errors import CitrusError
 from service.deployer import (
+    PROGRAM_FAILED_FALLBACK,
     ROOT,
     CheckStep,
     DeployError,
@@ -181,9 +182,16 @@ class AutomationDeployer:
             # Run the program: without it the engine deletes through the explicit DigitalOcean
             # provider's inputs stored in state, i.e. the token of the last `up`, which fails
             # once that token is rotated (pulumi/pulumi#4981, #18740).
-            ws_stack.destroy(
-                on_output=on_output, on_event=_event_printer(on_output), run_program=True
-            )
+            try:
+                ws_stack.destroy(
+                    on_output=on_output, on_event=_event_printer(on_output), run_program=True
+                )
+            except auto.CommandError as exc:
+                text = last_lines(str(exc))
+                if isinstance(exc, auto.ConcurrentUpdateError) or looks_transient(text):
+                    raise
+                on_output(f"the program could not run for the destroy: {PROGRAM_FAILED_FALLBACK}")
+                ws_stack.destroy(on_output=on_output, on_event=_event_printer(on_output))
             ws_stack.workspace.remove_stack(stack)
 
     def preview(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:

@@ -92,6 +92,16 @@ _TRANSIENT_HINTS = (
 )
 
 
+# A destroy runs the program first (`--run-program`), so that today's DigitalOcean token is
+# used. A destroy stopped half-way (its worker died) leaves resources the program needs out of
+# the checkpoint (the agent key): the program then fails, Pulumi's engine answering such
+# resources with their inputs only. What is left is destroyed from the checkpoint instead.
+PROGRAM_FAILED_FALLBACK = (
+    "destroying what the checkpoint still holds without it, as `pulumi destroy` does "
+    "(a destroy stopped half-way leaves the program without what it had already deleted)"
+)
+
+
 def looks_transient(text: str) -> bool:
     lowered = text.lower()
     return any(hint in lowered for hint in _TRANSIENT_HINTS)

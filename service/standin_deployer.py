@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.deployer import (
+    PROGRAM_FAILED_FALLBACK,
     CheckStep,
     DeployError,
     OnOutput,
@@ -74,7 +75,13 @@ class StandInDeployer:
             on_output(f"stack {stack} does not exist: nothing to destroy")
             return
         self._refuse_pending(engine, stack)
-        self._run(stack, lambda: engine.destroy(stack, self._config(config), run_program=True))
+        try:
+            self._run(stack, lambda: engine.destroy(stack, self._config(config), run_program=True))
+        except DeployError as exc:
+            if exc.transient or exc.repair is not None:
+                raise
+            on_output(f"the program could not run for the destroy: {PROGRAM_FAILED_FALLBACK}")
+            self._run(stack, lambda: engine.destroy(stack, self._config(config)))
         engine.state_path(stack).unlink(missing_ok=True)  # `pulumi stack rm`
 
     def preview(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:

@@ -194,3 +194,37 @@ def test_the_checkpoint_seals_every_secret_with_the_passphrase(
         wrong.up("dev", config(database))
     with pytest.raises(EngineError, match="passphrase must be set"):
         Engine(engine.state_dir).up("new-stack", config(database))
+
+
+@pytest.mark.parametrize("stop_after", ["ServerRow", "Droplet", "AgentRow", "RandomBytes"])
+def test_a_destroy_stopped_half_way_is_finished_by_the_next_destroy(
+    tmp_path: Path, database: str, stop_after: str
+) -> None:
+    """A destroy stopped half-way (its worker died) is retried. With the agent key already
+    deleted the program cannot run (it renders the boot script from the key): the deployer
+    then destroys what the checkpoint still holds without it, as `pulumi destroy` does."""
+    from service.deployer import StackValue
+    from service.standin_deployer import StandInDeployer
+
+    engine = Engine(tmp_path / "state", passphrase=PASSPHRASE)
+    engine.up("dev", config(database))
+
+    def stop_at_the_step(line: str) -> None:
+        if f"{stop_after} " in line and "deleted" in line:
+            stopping.request_cancel()
+
+    stopping = Engine(tmp_path / "state", passphrase=PASSPHRASE, on_output=stop_at_the_step)
+    with pytest.raises(EngineError, match="canceled"):
+        stopping.destroy("dev", config(database), run_program=True)
+    assert engine.export("dev")["resources"] != []
+
+    stack = config(database)
+    values = {k: StackValue(v, k in stack.secret_keys) for k, v in stack.values.items()}
+    lines: list[str] = []
+    StandInDeployer(tmp_path / "state", passphrase=PASSPHRASE).destroy("dev", values, lines.append)
+
+    assert not engine.state_path("dev").exists()
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM agents").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM servers").fetchone() == (0,)
+    assert droplets(engine.cloud_file) == {}
