@@ -17,8 +17,14 @@ resource registration:
   order) or with the program run first (`--run-program`: explicit providers take the new config).
 
 Secrets in the checkpoint are sealed as Pulumi's passphrase secrets provider seals them
-(`standin.sealing`). What it does not do, and the real engine does: run steps in parallel (it
-runs one at a time); keep the default providers as resources of their own.
+(`standin.sealing`), and the checkpoint is the DIY backend's file (`{"version": 3, "checkpoint":
+{"stack", "latest": {manifest, secrets_providers, resources, pending_operations}}}`,
+pulumi/pulumi `pkg/backend/diy/state.go`). Default providers are resources of their own, created
+before the first resource of their package, and their steps are internal (in the event stream,
+not in the summary), as `pkg/resource/deploy/default_providers.go` makes them. `on_event` gets
+the engine events the CLI writes to `--event-log` (`sdk/go/common/apitype/events.go`): step pre
+and outputs events, failures, diagnostics, the summary. What it does not do, and the real engine
+does: run steps in parallel (it runs one at a time).
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ import functools
 import json
 import os
 import runpy
+import sys
 import threading
 import time
+import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -44,11 +53,13 @@ from pulumi.runtime.proto import resource_pb2
 
 from standin.fakes import FakeDigitalOcean, FakeRandom
 from standin.provider_host import Diff, ProviderError, ProviderHost
-from standin.sealing import Crypter, WrongPassphrase, seal, unseal
+from standin.sealing import INCORRECT_PASSPHRASE, Crypter, WrongPassphrase, seal, unseal
 from standin.wire import (
+    UNKNOWN,
     Props,
     annotate_secrets,
     from_struct,
+    is_secret,
     reveal,
     secret,
     to_struct,
@@ -62,6 +73,9 @@ DO_PROVIDER_TYPE = "pulumi:providers:digitalocean"
 PROVIDER_PREFIX = "pulumi:providers:"
 
 OnOutput = Callable[[str], None]
+OnEvent = Callable[[dict[str, Any]], None]
+SECRET_SHOWN = "[secret]"  # noqa: S105 (how the event log shows a secret value)
+ENGINE_VERSION = "v3.272.0"  # the manifest's version: the CLI of the installed SDK
 
 
 class EngineError(Exception):
@@ -87,6 +101,10 @@ class StackConfig:
         """What the engine sends a dynamic provider host in Configure: every key, secrets
         marked."""
         return {k: secret(v) if k in self.secret_keys else v for k, v in self.values.items()}
+
+    def shown(self) -> dict[str, str]:
+        """The config as the prelude event shows it: secrets blinded."""
+        return {k: SECRET_SHOWN if k in self.secret_keys else v for k, v in self.values.items()}
 
 
 @dataclass
@@ -164,18 +182,28 @@ class Engine:
         project_dir: Path = ROOT,
         project: str = PROJECT,
         on_output: OnOutput | None = None,
+        on_event: OnEvent | None = None,
         step_delay: float = 0.0,
         host_env: dict[str, str] | None = None,
         passphrase: str | None = None,
+        secrets_state: str | None = None,
+        locking: bool = True,
+        cloud_file: Path | None = None,
     ) -> None:
+        """`secrets_state`: the operation's secrets manager (`v1:<salt>:<check>`), which seals
+        what it writes; the checkpoint is read with its own. `locking=False`: the caller (the CLI
+        stand-in) takes the stack's lock itself, where the DIY backend keeps it."""
         self.state_dir = state_dir
         self.project_dir = project_dir
         self.project = project
         self.on_output = on_output or (lambda _line: None)
+        self.on_event = on_event or (lambda _event: None)
         self.step_delay = step_delay
         self.host_env = host_env
         self.passphrase = passphrase  # seals the checkpoint's secrets; export() needs none
-        self.cloud_file = state_dir / "digitalocean.json"
+        self.secrets_state = secrets_state
+        self.locking = locking
+        self.cloud_file = cloud_file or state_dir / "digitalocean.json"
         self._cancel = threading.Event()
 
     # -- operations --------------------------------------------------------------------------
@@ -219,15 +247,36 @@ class Engine:
         return op.result
 
     def export(self, stack: str, *, show_secrets: bool = False) -> dict[str, Any]:
-        """The stack's checkpoint, as `pulumi stack export [--show-secrets]` shows it: secrets
-        as ciphertext, or decrypted with the passphrase."""
-        path = self.state_path(stack)
-        if not path.exists():
-            return {"resources": [], "pending_operations": []}
-        loaded: dict[str, Any] = json.loads(path.read_text())
+        """The stack's deployment, as `pulumi stack export [--show-secrets]` shows it: secrets
+        as ciphertext, or decrypted with the passphrase (then with its "crypter")."""
+        loaded = self.read_checkpoint(stack)
         if not show_secrets:
             return loaded
         return self._unsealed(stack, loaded)
+
+    def read_checkpoint(self, stack: str) -> dict[str, Any]:
+        """The checkpoint's `latest` deployment; an empty one when the stack has none."""
+        path = self.state_path(stack)
+        if not path.exists():
+            return {"resources": [], "pending_operations": []}
+        latest: dict[str, Any] = json.loads(path.read_text())["checkpoint"].get("latest") or {}
+        latest.setdefault("resources", [])
+        latest.setdefault("pending_operations", [])
+        return latest
+
+    def write_checkpoint(self, stack: str, deployment: dict[str, Any]) -> None:
+        """Writes the checkpoint file atomically, mode 0600, in the DIY backend's layout."""
+        data = {
+            "version": 3,
+            "checkpoint": {"stack": f"organization/{self.project}/{stack}", "latest": deployment},
+        }
+        path = self.state_path(stack)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1)
+        tmp.replace(path)
 
     def _passphrase(self) -> str:
         if not self.passphrase:  # the CLI's own words
@@ -238,14 +287,22 @@ class Engine:
         return self.passphrase
 
     def _unsealed(self, stack: str, sealed: dict[str, Any]) -> dict[str, Any]:
+        """Decrypted with the checkpoint's own secrets manager, as the CLI reads a checkpoint
+        (pkg/backend/secrets/providers.go); a wrong passphrase shows only when a secret is
+        decrypted (errorCrypter, pkg/secrets/passphrase/manager.go)."""
+        state = ((sealed.get("secrets_providers") or {}).get("state") or {}).get("salt")
+        crypter: Crypter | None = None
         try:
-            crypter = Crypter.for_checkpoint(self._passphrase(), sealed.get("secrets"))
+            if state:
+                crypter = Crypter.from_state(self._passphrase(), state)
+        except WrongPassphrase:
+            crypter = None  # locked: an error only if a secret must be decrypted
+        try:
+            unsealed: dict[str, Any] = unseal(sealed, crypter or _LOCKED)
         except WrongPassphrase:
             raise EngineError(
-                f"error: incorrect passphrase: the checkpoint of stack {stack} was sealed with "
-                "another PULUMI_CONFIG_PASSPHRASE"
+                f"error: failed to decrypt: {INCORRECT_PASSPHRASE} (checkpoint of stack {stack})"
             ) from None
-        unsealed: dict[str, Any] = unseal(sealed, crypter)
         unsealed["crypter"] = crypter
         return unsealed
 
@@ -270,19 +327,52 @@ class Engine:
         self, stack: str, config: StackConfig, mode: str, *, lock: bool = True
     ) -> Iterator[_Operation]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock and self.locking
         if lock:
             self._acquire(stack)
-        op = _Operation(self, stack, config, mode)
         started = time.monotonic()
         try:
+            op = _Operation(self, stack, config, mode)
+        except BaseException:
+            if lock:
+                self.lock_path(stack).unlink(missing_ok=True)
+            raise
+        self.on_event({"preludeEvent": {"config": config.shown()}})
+        failed: BaseException | None = None
+        try:
             yield op
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
             op.close()
             if lock:
                 self.lock_path(stack).unlink(missing_ok=True)
+            self._end(op, time.monotonic() - started, failed)
         summary = ", ".join(f"{n} {o}" for o, n in sorted(op.result.change_summary.items()))
         self.on_output(f"Resources: {summary or 'none'}")
         self.on_output(f"Duration: {time.monotonic() - started:.1f}s")
+
+    def _end(self, op: _Operation, seconds: float, failed: BaseException | None) -> None:
+        """The engine's last events: the operation's outcome as a diagnostic under the stack
+        when it failed (`update failed`, `update canceled`: deploymentExecutor.reportExecResult
+        in pkg/resource/deploy/deployment_executor.go), the summary, then the cancel event the
+        engine always ends with (pkg/engine/update.go)."""
+        what = {"preview": "preview", "refresh-preview": "preview", "refresh": "refresh"}
+        verb = what.get(op.mode, "destroy" if op.mode.startswith("destroy") else "update")
+        if failed is not None:
+            outcome = "canceled" if isinstance(failed, Cancelled) else "failed"
+            self.on_event(diagnostic("", f"{verb} {outcome}"))
+        summary = {
+            "maybeCorrupt": False,
+            "durationSeconds": int(seconds),
+            "resourceChanges": op.result.change_summary,
+            "PolicyPacks": {},
+            "isPreview": op.preview,
+            "result": "failed" if failed is not None else "succeeded",
+        }
+        self.on_event({"summaryEvent": summary})
+        self.on_event({"cancelEvent": {}})
 
     def _acquire(self, stack: str) -> None:
         path = self.lock_path(stack)
@@ -314,11 +404,14 @@ class Engine:
         @pulumi.runtime.test  # type: ignore[untyped-decorator]
         def program() -> None:
             cwd = os.getcwd()
-            os.chdir(self.project_dir)  # the CLI runs the program in the project directory
+            # The language host runs the program in its directory, first on sys.path.
+            os.chdir(self.project_dir)
+            sys.path.insert(0, str(self.project_dir))
             try:
                 runpy.run_path(str(self.project_dir / "__main__.py"), run_name="__main__")
             finally:
                 os.chdir(cwd)
+                sys.path.remove(str(self.project_dir))
             # The language host registers the stack's outputs once the program has run; the
             # mock runtime registered them (empty) when it made the Stack, so again here.
             root = settings.get_root_resource()
@@ -332,9 +425,30 @@ class Engine:
                 raise op.error from None
             text = str(exc).strip() or type(exc).__name__
             text = text.replace("Program failed with an unhandled exception:", "").strip()
+            # Under the stack, as the Python language host reports it: a RunError's message,
+            # anything else as an unhandled exception with its traceback.
+            if isinstance(exc, pulumi.RunError):
+                shown = text
+            else:
+                trace = "".join(traceback.format_exception(exc)[-6:]).rstrip()
+                shown = f"Program failed with an unhandled exception:\n{trace}"
+            self.on_event(diagnostic(op.stack_urn, shown))
             raise EngineError(text) from None
         if op.error is not None:
             raise op.error
+
+
+class _Locked(Crypter):
+    """The passphrase manager the CLI returns for a wrong passphrase: it fails on use."""
+
+    def __init__(self) -> None:
+        pass
+
+    def decrypt_text(self, text: str) -> str:
+        raise WrongPassphrase
+
+
+_LOCKED = _Locked()
 
 
 class _NoMocks(pulumi.runtime.Mocks):
@@ -378,9 +492,18 @@ class _Operation:
         self.error: EngineError | None = None
         passphrase = engine._passphrase()
         checkpoint = engine.export(stack, show_secrets=True)
-        self.crypter: Crypter = checkpoint.pop("crypter", None) or Crypter.for_checkpoint(
-            passphrase, None
-        )
+        # What this operation writes is sealed with its own secrets manager (the stack file's,
+        # from the CLI), else the checkpoint's, else a new one. A checkpoint sealed under another
+        # salt is re-encrypted without a word, as SnapshotManager.snap does when the two are
+        # not secrets.AreCompatible (pkg/backend/snapshot.go).
+        if engine.secrets_state:
+            try:
+                self.crypter = Crypter.from_state(passphrase, engine.secrets_state)
+            except WrongPassphrase:
+                raise EngineError(f"error: {INCORRECT_PASSPHRASE}") from None
+        else:
+            self.crypter = checkpoint.get("crypter") or Crypter.new(passphrase)
+        checkpoint.pop("crypter", None)
         self.old: dict[str, Resource] = {
             r["urn"]: Resource(**r) for r in checkpoint["resources"] if not r.get("delete")
         }
@@ -390,6 +513,7 @@ class _Operation:
         ]
         self.pending: list[dict[str, Any]] = list(checkpoint.get("pending_operations", []))
         self.registered: set[str] = set()
+        self._ops: dict[str, str] = {}  # the op of each component's step, for its outputs event
         self._lock = threading.Lock()
         self._host: ProviderHost | None = None
         self._random = FakeRandom()
@@ -397,6 +521,11 @@ class _Operation:
     @property
     def preview(self) -> bool:
         return self.mode in ("preview", "refresh-preview")
+
+    @property
+    def stack_urn(self) -> str:
+        project = self.engine.project
+        return f"urn:pulumi:{self.stack}::{project}::{STACK_TYPE}::{project}-{self.stack}"
 
     def close(self) -> None:
         if self._host is not None:
@@ -412,17 +541,14 @@ class _Operation:
             return
         resources = [asdict(r) for r in self.new.values()]
         resources += [{**asdict(r), "delete": True} for r in self.replaced]
-        data = seal(
-            {"version": 3, "resources": resources, "pending_operations": self.pending},
-            self.crypter,
-        )
-        data["secrets"] = self.crypter.state()  # the salt and a check value, never the key
-        path = self.engine.state_path(self.stack)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1)
-        tmp.replace(path)
+        deployment = {
+            "manifest": {"time": _now(), "magic": "", "version": ENGINE_VERSION},
+            # the salt and a check value, never the key (localSecretsManagerState)
+            "secrets_providers": {"type": "passphrase", "state": {"salt": self.crypter.state()}},
+            "resources": resources,
+            "pending_operations": self.pending,
+        }
+        self.engine.write_checkpoint(self.stack, seal(deployment, self.crypter))
 
     def clear_pending_operations(self) -> None:
         """What `pulumi up` does with pending operations: warns, drops them, goes on (a pending
@@ -485,6 +611,66 @@ class _Operation:
             return FakeDigitalOcean(self.engine.cloud_file, token=token)
         raise EngineError(f"no provider for {typ} in the engine stand-in")
 
+    def default_provider(self, typ: str, version: str) -> str:
+        """The reference (`urn::id`) of the default provider of `typ`'s package, registered
+        (an internal step of its own) the first time this operation needs it. Its name is
+        `default`, or `default_<major>_<minor>_<patch>` for a resource that names the plugin's
+        version (providers.DefaultName in pkg/resource/deploy/providers/provider.go)."""
+        package = "pulumi-python" if typ.startswith(DYNAMIC_PREFIX) else typ.split(":")[0]
+        name = f"default_{version.replace('.', '_')}" if version else "default"
+        urn = f"urn:pulumi:{self.stack}::{self.engine.project}::{PROVIDER_PREFIX}{package}::{name}"
+        old = self.old.get(urn)
+        if urn not in self.registered:
+            self.registered.add(urn)
+            if self.preview:
+                id_ = old.id if old else UNKNOWN
+            else:
+                id_ = old.id if old else str(uuid.uuid4())
+            inputs: Props = {"version": version} if version else {}
+            res = Resource(urn, f"{PROVIDER_PREFIX}{package}", True, id=id_)
+            res.inputs, res.outputs = inputs, dict(inputs)
+            op = "same" if old else "create"
+            self._emit("resourcePreEvent", op, old, res)
+            if not self.preview:
+                self.new[urn] = res
+                self.save()
+            self._emit("resOutputsEvent", op, old, res)
+            self._step(op, urn, internal=True)
+        found = self.new.get(urn) or old
+        return f"{urn}::{found.id if found else UNKNOWN}"
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _emit(
+        self, kind: str, op: str, old: Resource | None, new: Resource | None, **extra: Any
+    ) -> None:
+        """A step event: resourcePreEvent, resOutputsEvent or resOpFailedEvent, with the
+        StepEventMetadata of pkg/engine/events.go (makeStepEventMetadata)."""
+        res = new or old
+        assert res is not None
+        meta = {
+            "op": op,
+            "urn": res.urn,
+            "type": res.type,
+            "old": state_metadata(old),
+            "new": state_metadata(new),
+            "provider": res.provider,
+            **{k: v for k, v in extra.items() if v},
+        }
+        payload: dict[str, Any] = {"metadata": meta}
+        if kind == "resOpFailedEvent":
+            payload |= {"status": 2, "steps": 0}
+        elif self.preview:
+            payload["planning"] = True
+        self.engine.on_event({kind: payload})
+
+    def _failed(self, op: str, old: Resource | None, new: Resource | None, exc: Exception) -> None:
+        """A step the provider failed: resOpFailedEvent and the error under the resource
+        (updateActions.OnResourceStepPost, pkg/engine/update.go)."""
+        self._emit("resOpFailedEvent", op, old, new)
+        urn = (new or old).urn  # type: ignore[union-attr]
+        self.engine.on_event(diagnostic(urn, str(exc)))
+
     # -- steps ---------------------------------------------------------------------------------
 
     def _go_on(self) -> None:
@@ -494,7 +680,11 @@ class _Operation:
             self.error = Cancelled("error: update canceled")
             raise self.error
 
-    def _step(self, op: str, urn: str, **detail: Any) -> None:
+    def _step(self, op: str, urn: str, *, internal: bool = False, **detail: Any) -> None:
+        """Records the step and says so; an internal step (a default provider's) only counts
+        in the event stream, as the CLI hides it from its display and summary."""
+        if internal:
+            return
         self.result.steps.append(Step(op, urn, **detail))
         marks = {"create": "+ ", "update": "~ ", "replace": "+-", "delete": "- "}
         done = {"create": "created", "update": "updated", "replace": "replaced"}
@@ -537,6 +727,8 @@ class _Operation:
             reg.op = "same" if old else "create"
             res = Resource(urn, typ, custom=False, parent=request.parent)
             res.outputs = old.outputs if old else {}
+            self._ops[urn] = reg.op
+            self._emit("resourcePreEvent", reg.op, old, res)
             self.new[urn] = res
             self.save()
             self._step(reg.op, urn)
@@ -544,56 +736,92 @@ class _Operation:
         if self.mode == "destroy-program":
             return self._answer_from_state(reg, urn, news, old)
 
+        provider_ref = request.provider
+        if not provider_ref and not typ.startswith(PROVIDER_PREFIX):
+            provider_ref = self.default_provider(typ, request.version)
         if old is not None and reg.ignore_changes:
             news = {**news, **{k: old.inputs[k] for k in reg.ignore_changes if k in old.inputs}}
         if typ.startswith(PROVIDER_PREFIX):
             checked, failures = news, []
         else:
-            prov = self.provider_for(typ, request.provider)
+            prov = self.provider_for(typ, provider_ref)
             checked, failures = prov.check(urn, reveal(old.inputs) if old else {}, reveal(news))
         if failures:
             problems = "; ".join(f"property {p} has a problem: {r}" for p, r in failures)
-            raise EngineError(f"error: {typ} resource '{request.name}': {problems}")
+            error = EngineError(f"error: {typ} resource '{request.name}': {problems}")
+            self.engine.on_event(diagnostic(urn, str(error).removeprefix("error: ")))
+            raise error
         checked = annotate_secrets(checked, news)
 
-        op = "create" if old is None else self._diff(typ, urn, request.provider, old, checked)
+        diff = None if old is None else self._diff(typ, urn, provider_ref, old, checked)
+        op = "create" if diff is None else diff.op
         reg.op = op
+        planned = Resource(
+            urn,
+            typ,
+            custom=True,
+            parent=request.parent,
+            id=old.id if old is not None and op != "replace" else "",
+            inputs=checked,
+            outputs=old.outputs if old is not None and op != "replace" else {},
+            provider=provider_ref,
+            dependencies=list(request.dependencies),
+        )
+        detail: dict[str, Any] = {}
+        if diff is not None:
+            detail = {"keys": diff.keys, "diffs": diff.diffs, "detailedDiff": diff.detailed}
+        first = "create-replacement" if op == "replace" else op
+        self._emit("resourcePreEvent", first, old, planned, **detail)
         if op == "same":
             assert old is not None
             id_, outs = old.id, old.outputs
         else:
-            id_, outs = self._apply(op, typ, urn, request.provider, old, checked)
+            try:
+                id_, outs = self._apply(op, typ, urn, provider_ref, old, checked)
+            except ProviderError as exc:
+                self._failed(first, old, planned, exc)
+                raise
         outs = annotate_secrets(outs, checked)
         for key in reg.additional_secret_outputs:
             if key in outs:
                 outs[key] = secret(outs[key])
         reg.id, reg.outputs = id_, outs
+        res = Resource(
+            urn,
+            typ,
+            custom=True,
+            parent=request.parent,
+            id=id_,
+            inputs=checked,
+            outputs=outs,
+            provider=provider_ref,
+            dependencies=list(request.dependencies),
+        )
         # Recorded first, then announced, as the engine does: output can fail (its reader gone),
         # and a resource made but not in the checkpoint would be made again by the next `up`.
         if not self.preview:
-            res = Resource(
-                urn,
-                typ,
-                custom=True,
-                parent=request.parent,
-                id=id_,
-                inputs=checked,
-                outputs=outs,
-                provider=request.provider,
-                dependencies=list(request.dependencies),
-            )
             if op == "replace":
                 assert old is not None
                 self.replaced.append(old)
             self.new[urn] = res
             self.save()
+        if op == "replace":  # create-before-delete: step_generator.go, then GenerateDeletes
+            assert old is not None
+            gone = Resource(**{**asdict(old), "delete": True})
+            self._emit("resOutputsEvent", first, gone, res, **detail)
+            self._emit("resourcePreEvent", "replace", gone, res, logical=True, **detail)
+            self._emit("resOutputsEvent", "replace", gone, res, logical=True, **detail)
+        else:
+            self._emit("resOutputsEvent", op, old, res, **detail)
         self._step(op, urn, diffs=changed_keys(old.inputs, checked) if old else [])
         return id_, outs
 
-    def _diff(self, typ: str, urn: str, provider_ref: str, old: Resource, checked: Props) -> str:
+    def _diff(
+        self, typ: str, urn: str, provider_ref: str, old: Resource, checked: Props
+    ) -> _Diffed:
         if typ.startswith(PROVIDER_PREFIX):
             changed = reveal(old.inputs) != reveal(checked)
-            return "update" if changed else "same"
+            return _Diffed("update" if changed else "same")
         prov = self.provider_for(typ, provider_ref)
         diff: Diff = prov.diff(
             urn, old.id, reveal(old.outputs), reveal(checked), reveal(old.inputs)
@@ -602,15 +830,22 @@ class _Operation:
         if changes is None:  # DIFF_UNKNOWN: the engine compares the inputs itself
             changes = reveal(old.inputs) != reveal(checked)
         if not changes:
-            return "same"
-        return "replace" if diff.replaces else "update"
+            return _Diffed("same")
+        # What the provider names (a bridged provider its changed keys, the dynamic host none)
+        detailed = {
+            key: {"diffKind": "update-replace" if key in diff.replaces else "update"}
+            | {"inputDiff": False}
+            for key in diff.changed
+        }
+        op = "replace" if diff.replaces else "update"
+        return _Diffed(op, sorted(diff.replaces), sorted(diff.changed), detailed or None)
 
     def _apply(
         self, op: str, typ: str, urn: str, provider_ref: str, old: Resource | None, news: Props
     ) -> tuple[str, Props]:
         dynamic = typ.startswith(DYNAMIC_PREFIX)
         if typ.startswith(PROVIDER_PREFIX):
-            id_ = old.id if old is not None else ("" if self.preview else os.urandom(16).hex())
+            id_ = old.id if old is not None else (UNKNOWN if self.preview else str(uuid.uuid4()))
             return id_, dict(news)
         prov = self.provider_for(typ, provider_ref)
         if op == "update":
@@ -659,14 +894,26 @@ class _Operation:
             self.result.component_outputs[urn] = rpc.deserialize_properties(outputs)
             if urn.split("::")[2] == STACK_TYPE:
                 self.result.outputs = self.result.component_outputs[urn]
-            if urn in self.new and not self.preview:
-                self.new[urn].outputs = from_struct(outputs)
+            res = self.new.get(urn)
+            if res is not None and not self.preview:
+                res.outputs = from_struct(outputs)
                 self.save()
+            if res is not None and urn in self._ops:  # a component's (or the stack's) outputs
+                shown = Resource(**{**asdict(res), "outputs": from_struct(outputs)})
+                self._emit("resOutputsEvent", self._ops[urn], self.old.get(urn), shown)
 
-    def _delete(self, res: Resource, forget: Callable[[], object], op: str = "delete") -> None:
+    def _delete(
+        self,
+        res: Resource,
+        forget: Callable[[], object],
+        op: str = "delete",
+        *,
+        internal: bool = False,
+    ) -> None:
         """Deletes `res` through its provider, `forget`s it in the checkpoint and saves it,
         then says so (recorded before announced, as in _register)."""
         self._go_on()
+        self._emit("resourcePreEvent", op, res, None)
         if res.custom and not res.type.startswith(PROVIDER_PREFIX) and not self.preview:
             prov = self.provider_for(res.type, res.provider)
             with self._pending("deleting", res):
@@ -674,34 +921,42 @@ class _Operation:
                 try:
                     prov.delete(res.urn, res.id, reveal(res.outputs), reveal(res.inputs))
                 except ProviderError as exc:
+                    self._failed(op, res, None, exc)
                     self.error = EngineError(f"error: {exc}")
                     raise self.error from None
         forget()
         self.save()
-        self._step(op, res.urn)
+        self._emit("resOutputsEvent", op, res, None)
+        self._step(op, res.urn, internal=internal)
 
     def delete_unregistered(self) -> None:
         """After the program: what it no longer registers is deleted, then what was replaced,
         dependents first."""
         gone = [r for urn, r in self.old.items() if urn not in self.registered]
         for res in reversed(gone):
-            self._delete(res, functools.partial(self.new.pop, res.urn, None))
+            internal = _is_default_provider(res.urn)
+            self._delete(res, functools.partial(self.new.pop, res.urn, None), internal=internal)
         for res in reversed(list(self.replaced)):
             self._delete(res, functools.partial(self.replaced.remove, res), "delete-replaced")
 
     def delete_all(self) -> None:
         for res in reversed([*self.new.values(), *self.replaced]):
+            internal = _is_default_provider(res.urn)
             if res in self.replaced:
                 self._delete(res, functools.partial(self.replaced.remove, res))
             else:
-                self._delete(res, functools.partial(self.new.pop, res.urn, None))
+                forget = functools.partial(self.new.pop, res.urn, None)
+                self._delete(res, forget, internal=internal)
 
     def refresh_all(self) -> None:
         for res in list(self.new.values()):
             self._go_on()
+            internal = _is_default_provider(res.urn)
+            self._emit("resourcePreEvent", "refresh", res, res)
             if not res.custom or res.type.startswith(PROVIDER_PREFIX):
                 # Components and providers never change with a refresh: a step all the same.
-                self._step("same", res.urn, old=res.outputs, new=res.outputs)
+                self._emit("resOutputsEvent", "same", res, res)
+                self._step("same", res.urn, old=res.outputs, new=res.outputs, internal=internal)
                 continue
             prov = self.provider_for(res.type, res.provider)
             try:
@@ -709,10 +964,12 @@ class _Operation:
                     res.urn, res.id, reveal(res.outputs), reveal(res.inputs)
                 )
             except ProviderError as exc:
+                self._failed("refresh", res, res, exc)
                 self.error = EngineError(f"error: {exc}")
                 raise self.error from None
             if not id_:  # gone: dropped from the checkpoint
                 del self.new[res.urn]
+                self._emit("resOutputsEvent", "delete", res, None)
                 self._step("delete", res.urn, old=res.outputs)
             else:
                 outs = annotate_secrets(outs, res.outputs)
@@ -724,11 +981,72 @@ class _Operation:
                     # the provider now reports otherwise; an output of its own (a row's
                     # status, a droplet's IP) is no drift.
                     op = "update" if drifted else "same"
+                read = Resource(**{**asdict(res), "outputs": outs})
+                detail = {"diffs": drifted} if op == "update" else {}
+                self._emit("resOutputsEvent", op, res, read, **detail)
                 self._step(op, res.urn, diffs=drifted, old=res.outputs, new=outs)
                 res.outputs = outs
                 if inputs is not None:
                     res.inputs = annotate_secrets(inputs, res.inputs)
             self.save()
+
+
+@dataclass(frozen=True)
+class _Diffed:
+    """A Diff's verdict as the engine uses it: the op, the replace keys, the changed keys and
+    their kinds (what the provider named)."""
+
+    op: str
+    keys: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
+    detailed: dict[str, Any] | None = None
+
+
+def _is_default_provider(urn: str) -> bool:
+    parts = urn.split("::")
+    return parts[2].startswith(PROVIDER_PREFIX) and parts[-1].startswith("default")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+
+
+def blinded(value: Any) -> Any:
+    """A value as the event log shows it: every secret "[secret]" (showSecrets=false)."""
+    if is_secret(value):
+        return SECRET_SHOWN
+    if isinstance(value, dict):
+        return {k: blinded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [blinded(v) for v in value]
+    return value
+
+
+def diagnostic(urn: str, message: str, severity: str = "error") -> dict[str, Any]:
+    """A diagnosticEvent as the CLI writes it without colour (pkg/backend/display/events.go)."""
+    text = message if message.endswith("\n") else message + "\n"
+    event = {"urn": urn, "prefix": f"{severity}: ", "message": text, "color": "never"}
+    return {"diagnosticEvent": {**event, "severity": severity}}
+
+
+def state_metadata(res: Resource | None) -> dict[str, Any] | None:
+    """A StepEventStateMetadata (sdk/go/common/apitype/events.go), secrets blinded."""
+    if res is None:
+        return None
+    meta: dict[str, Any] = {
+        "type": res.type,
+        "urn": res.urn,
+        "id": res.id,
+        "parent": res.parent,
+        "inputs": blinded(res.inputs),
+        "outputs": blinded(res.outputs),
+        "provider": res.provider,
+    }
+    if res.custom:
+        meta["custom"] = True
+    if res.delete:
+        meta["delete"] = True
+    return meta
 
 
 def changed_keys(old: Props, new: Props) -> list[str]:

@@ -46,7 +46,7 @@ class FakeRandom:
 
     def diff(self, urn: str, id_: str, old_outputs: Props, news: Props, old_inputs: Props) -> Diff:
         changed = _changed(old_inputs, news)
-        return Diff(bool(changed), changed)
+        return Diff(bool(changed), changed, changed=changed)
 
     def create(self, urn: str, news: Props, *, preview: bool = False) -> tuple[str, Props]:
         if urn_type(urn) == "random:index/randomUuid:RandomUuid":
@@ -74,6 +74,10 @@ class FakeRandom:
 
 # Droplet arguments DigitalOcean cannot change in place (the provider's ForceNew fields).
 DROPLET_FORCE_NEW = frozenset({"image", "region", "userData", "vpcUuid", "sshKeys", "monitoring"})
+
+
+# What DigitalOcean sets on a droplet, not its inputs.
+DROPLET_COMPUTED = ("ipv4Address", "status", "dropletUrn")
 
 
 class FakeDigitalOcean:
@@ -115,7 +119,8 @@ class FakeDigitalOcean:
 
     def diff(self, urn: str, id_: str, old_outputs: Props, news: Props, old_inputs: Props) -> Diff:
         changed = _changed(old_inputs, news)
-        return Diff(bool(changed), [k for k in changed if k in DROPLET_FORCE_NEW])
+        replaces = [k for k in changed if k in DROPLET_FORCE_NEW]
+        return Diff(bool(changed), replaces, changed=changed)
 
     def create(self, urn: str, news: Props, *, preview: bool = False) -> tuple[str, Props]:
         if preview:
@@ -150,7 +155,9 @@ class FakeDigitalOcean:
                 raise ProviderError(
                     f"Error updating droplet ({id_}): 404 The resource was not found"
                 )
-            outs = {**data["droplets"][id_], **news}
+            # The new inputs as they are (a key left out is unset), the droplet's own outputs
+            computed = {k: data["droplets"][id_][k] for k in DROPLET_COMPUTED}
+            outs = {**news, **computed}
             data["droplets"][id_] = outs
         return outs
 

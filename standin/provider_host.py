@@ -42,6 +42,9 @@ class Diff:
     changes: bool | None  # None: the provider does not know (DIFF_UNKNOWN)
     replaces: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
+    # The keys the provider names as changed (DiffResponse.diffs): a bridged provider names
+    # them, the dynamic provider host never does.
+    changed: list[str] = field(default_factory=list)
 
 
 def _last_line(text: str) -> str:
@@ -149,7 +152,12 @@ class ProviderHost:
             provider_pb2.DiffResponse.DIFF_NONE: False,
             provider_pb2.DiffResponse.DIFF_SOME: True,
         }.get(response.changes)
-        return Diff(changes, list(response.replaces), bool(response.deleteBeforeReplace))
+        return Diff(
+            changes,
+            list(response.replaces),
+            bool(response.deleteBeforeReplace),
+            list(response.diffs),
+        )
 
     def create(self, urn: str, props: Props, *, preview: bool = False) -> tuple[str, Props]:
         request = provider_pb2.CreateRequest(urn=urn, properties=to_struct(props), preview=preview)

@@ -1,15 +1,20 @@
-"""Secrets in the stand-in's checkpoint, encrypted as Pulumi's passphrase secrets provider does.
+"""Secrets as Pulumi's passphrase secrets provider keeps them, for the engine and CLI stand-ins.
 
-The real engine never writes a secret value in clear: each one is stored as `ciphertext`,
-AES-256-GCM under a key derived from the stack's passphrase (PBKDF2-SHA256, a per-stack salt),
-and the checkpoint keeps the salt plus an encrypted check value, so a wrong passphrase is told
-apart from a damaged file. The stand-in does the same, so its checkpoints hold neither the
-agent key nor a token in clear.
+Traced to pulumi/pulumi `pkg/secrets/passphrase/manager.go` (NewPassphraseSecretsManager,
+symmetricCrypterFromPhraseAndState) and `sdk/go/common/resource/config/crypt.go`
+(NewSymmetricCrypterFromPassphrase, symmetricCrypter.EncryptValue): the key is PBKDF2-SHA256 of
+the passphrase with 1,000,000 iterations over an 8-byte salt; a value is AES-256-GCM under it,
+written `v1:<base64 nonce>:<base64 ciphertext>`. The provider's state, the `encryptionsalt` of
+`Pulumi.<stack>.yaml` and `secrets_providers.state.salt` of the checkpoint alike, is
+`v1:<base64 salt>:<the literal "pulumi" encrypted>`, so a wrong passphrase is told apart from a
+damaged value. A checkpoint's secret holds its value JSON-encoded, then encrypted
+(`pkg/resource/stack/deployment.go`); a config value is encrypted as it is written.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import json
@@ -22,11 +27,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from standin.wire import SECRET_SIG, SIG
 
 ITERATIONS = 1_000_000
+SALT_BYTES = 8
 CHECK_VALUE = "pulumi"
+# ErrIncorrectPassphrase (pkg/secrets/passphrase/manager.go), the words of the CLI.
+INCORRECT_PASSPHRASE = (
+    "incorrect passphrase, please set PULUMI_CONFIG_PASSPHRASE to the correct passphrase or set "  # noqa: S105
+    "PULUMI_CONFIG_PASSPHRASE_FILE to a file containing the passphrase"
+)
 
 
 class WrongPassphrase(Exception):
-    """The checkpoint was sealed with another passphrase."""
+    """The state was sealed with another passphrase."""
 
 
 def _b64(data: bytes) -> str:
@@ -39,35 +50,51 @@ def _key(passphrase: str, salt: bytes) -> bytes:
 
 
 class Crypter:
-    def __init__(self, passphrase: str, salt: bytes) -> None:
+    def __init__(self, passphrase: str, salt: bytes, state: str | None = None) -> None:
         self.salt = salt
         self._aead = AESGCM(_key(passphrase, salt))
+        self._state = state or f"v1:{_b64(salt)}:{self.encrypt_text(CHECK_VALUE)}"
 
     @classmethod
-    def for_checkpoint(cls, passphrase: str, state: dict[str, Any] | None) -> Crypter:
-        """The checkpoint's crypter (checking the passphrase against it), or a new salt."""
-        if not state:
-            return cls(passphrase, os.urandom(16))
-        crypter = cls(passphrase, base64.b64decode(state["salt"]))
+    def new(cls, passphrase: str) -> Crypter:
+        """A new salt, as `stack init` (or a machine without the stack's file) makes one."""
+        return cls(passphrase, os.urandom(SALT_BYTES))
+
+    @classmethod
+    def from_state(cls, passphrase: str, state: str) -> Crypter:
+        """The crypter of a provider state `v1:<salt>:<check>`; WrongPassphrase unless the
+        check value decrypts to "pulumi"."""
         try:
-            if crypter.decrypt(state["check"]) != CHECK_VALUE:
+            version, salt, check = state.split(":", 2)
+            if version != "v1":
+                raise ValueError(version)
+            crypter = cls(passphrase, base64.b64decode(salt, validate=True), state)
+            if crypter.decrypt_text(check) != CHECK_VALUE:
                 raise WrongPassphrase
-        except InvalidTag:
+        except (InvalidTag, ValueError, binascii.Error):
             raise WrongPassphrase from None
         return crypter
 
-    def state(self) -> dict[str, Any]:
-        return {"salt": _b64(self.salt), "check": self.encrypt(CHECK_VALUE)}
+    def state(self) -> str:
+        """The provider state, made once: the same text in the stack file and checkpoint."""
+        return self._state
+
+    def encrypt_text(self, text: str) -> str:
+        nonce = os.urandom(12)
+        return f"v1:{_b64(nonce)}:{_b64(self._aead.encrypt(nonce, text.encode(), None))}"
+
+    def decrypt_text(self, text: str) -> str:
+        version, nonce, sealed = text.split(":")
+        if version != "v1":
+            raise ValueError(f"unknown ciphertext version {version!r}")
+        plain = self._aead.decrypt(base64.b64decode(nonce), base64.b64decode(sealed), None)
+        return plain.decode()
 
     def encrypt(self, value: Any) -> str:
-        nonce = os.urandom(12)
-        sealed = self._aead.encrypt(nonce, json.dumps(value).encode(), None)
-        return f"v1:{_b64(nonce)}:{_b64(sealed)}"
+        return self.encrypt_text(json.dumps(value))
 
     def decrypt(self, text: str) -> Any:
-        _version, nonce, sealed = text.split(":")
-        plain = self._aead.decrypt(base64.b64decode(nonce), base64.b64decode(sealed), None)
-        return json.loads(plain)
+        return json.loads(self.decrypt_text(text))
 
 
 def seal(value: Any, crypter: Crypter) -> Any:
@@ -82,9 +109,14 @@ def seal(value: Any, crypter: Crypter) -> Any:
 
 
 def unseal(value: Any, crypter: Crypter) -> Any:
+    """The inverse of seal; WrongPassphrase when a ciphertext does not open."""
     if isinstance(value, dict):
         if value.get(SIG) == SECRET_SIG and "ciphertext" in value:
-            return {SIG: SECRET_SIG, "value": crypter.decrypt(value["ciphertext"])}
+            try:
+                plain = crypter.decrypt(value["ciphertext"])
+            except (InvalidTag, ValueError):
+                raise WrongPassphrase from None
+            return {SIG: SECRET_SIG, "value": plain}
         return {k: unseal(v, crypter) for k, v in value.items()}
     if isinstance(value, list):
         return [unseal(v, crypter) for v in value]
