@@ -56,9 +56,9 @@ def cmd_worker(_: argparse.Namespace) -> int:
     settings.check_stack_config()
     settings.check_deployer()
     if settings.deployer == "automation":  # before any job: see install_pinned_plugins
-        from service.automation import install_pinned_plugins
+        from service.plugins import install_pinned_plugins
 
-        install_pinned_plugins()
+        install_pinned_plugins(settings.work_dir)
     asyncio.run(run_worker(settings))
     return 0
 
@@ -69,9 +69,9 @@ def cmd_all(_: argparse.Namespace) -> int:
     settings.check_stack_config()
     settings.check_deployer()
     if settings.deployer == "automation":  # and here on a missing plugin (the worker's is a no-op)
-        from service.automation import install_pinned_plugins
+        from service.plugins import install_pinned_plugins
 
-        install_pinned_plugins()
+        install_pinned_plugins(settings.work_dir)
     children = [
         subprocess.Popen([sys.executable, "-m", "service", "web"]),
         subprocess.Popen([sys.executable, "-m", "service", "worker"]),

@@ -1,8 +1,14 @@
-"""The real deployer: the Pulumi Automation API on the project directory (`work_dir` = root).
+"""The real deployer: the Pulumi Automation API over a work directory of the worker's own.
 
-Runs inside the deployment's child process (service.child); the Pulumi CLI does the work.
-Also installs the resource plugins a worker needs before it takes a job
-(`python -m service.automation`, run by install_pinned_plugins).
+Runs inside the deployment's child process (service.child); the Pulumi CLI does the work. The
+work directory (`CITRUS_STATE_DIR/work`) holds a `Pulumi.yaml` made from the project's, whose
+`main` is the program's directory and whose `virtualenv` is this interpreter's, and each stack's
+`Pulumi.<stack>.yaml`: nothing is written into the program's directory, and a checkout needs no
+`.venv` of its own. A stack's file there is a cache, made anew for every operation from the
+deployment's config; its passphrase salt comes from the state backend, which every machine
+shares (PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER: the CLI then takes the salt the checkpoint
+keeps, pulumi/pulumi `pkg/cmd/pulumi/stack/secrets.go`), so any worker on any machine decrypts
+every stack the same way.
 """
 
 from __future__ import annotations
@@ -11,21 +17,21 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from importlib import metadata, resources
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from citrus.errors import CitrusError
+import yaml
+
+from service.cli_events import EngineEvents, StepCollector
 from service.deployer import (
     PROGRAM_FAILED_FALLBACK,
     ROOT,
-    CheckStep,
     DeployError,
     OnOutput,
     StackConfig,
@@ -38,10 +44,7 @@ from service.repair import pending_operations_error, repair_steps
 
 log = logging.getLogger("citrus.automation")
 
-# The program's resource plugins, by the Python package that pins each one's version.
-PLUGIN_PACKAGES = ("pulumi_digitalocean", "pulumi_random")
-# A first install downloads both plugins (tens of MB); past this the worker gives up, saying so.
-PLUGIN_INSTALL_TIMEOUT = 900.0
+_EXIT_CODE = re.compile(r"^\s*code: (-?\d+)", re.MULTILINE)
 
 
 def _secret_env_names() -> dict[str, str]:
@@ -54,30 +57,113 @@ def _secret_env_names() -> dict[str, str]:
     return names
 
 
+def write_work_dir(work_dir: Path, program_dir: Path = ROOT) -> Path:
+    """The work directory's `Pulumi.yaml`: the project's, with `main` the program's directory
+    and `virtualenv` this interpreter's environment (both absolute, as the CLI allows:
+    getPwdMain in pkg/engine/project.go, resolveVirtualEnvironmentPath in
+    sdk/python/toolchain/pip.go). Rewritten only when it changes; returns its path."""
+    project = yaml.safe_load((program_dir / "Pulumi.yaml").read_text())
+    project["main"] = str(program_dir)
+    options = {"toolchain": "pip", "virtualenv": sys.prefix}
+    project["runtime"] = {"name": "python", "options": options}
+    text = (
+        f"# Made by citrus-deploy from {program_dir / 'Pulumi.yaml'}; rewritten at each "
+        "deployment.\n" + yaml.safe_dump(project, sort_keys=False)
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "Pulumi.yaml"
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+def config_json(config: dict[str, Any]) -> str:
+    """`pulumi config set-all --json`: a string as it is, a list or map as an object value,
+    so that the CLI types it as the project declares (`{"value": <JSON text>, "objectValue":
+    ...}`, pkg/cmd/pulumi/config/config.go newConfigSetAllCmd)."""
+    entries: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, str):
+            entries[key] = {"value": value, "secret": False}
+        elif isinstance(value, bool | int | float):
+            entries[key] = {"value": json.dumps(value), "secret": False}
+        else:
+            entries[key] = {"value": json.dumps(value), "objectValue": value, "secret": False}
+    return json.dumps(entries)
+
+
+class _Stop:
+    """A stop asked for once and remembered for the whole deployment. It reaches the CLI as
+    SIGTERM only while the CLI's engine runs, when the CLI handles it (finishes its in-flight
+    steps, saves the checkpoint, releases the lock: pkg/backend/cancellation_scope.go);
+    outside that window a SIGTERM would kill the CLI and could leave the stack's lock. Between
+    CLI calls it stops the deployment before the next one."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._engine_running = False
+        self._delivered = False
+        self._lock = threading.RLock()  # request() runs in a signal handler on the main thread
+
+    def request(self) -> None:
+        with self._lock:
+            self.requested = True
+            self._deliver()
+
+    def engine(self, running: bool) -> None:
+        with self._lock:
+            self._engine_running = running
+            if running:
+                self._deliver()
+
+    def operation(self) -> None:
+        """A new CLI operation starts: raises if a stop came first."""
+        with self._lock:
+            self._engine_running = self._delivered = False
+            if self.requested:
+                raise DeployError(
+                    "stopped before the next pulumi operation started; nothing more was changed",
+                    transient=True,
+                )
+
+    def _deliver(self) -> None:
+        if self.requested and self._engine_running and not self._delivered:
+            self._delivered = True
+            for pid in _child_pids(os.getpid()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+
 class AutomationDeployer:
-    """Pulumi Automation API on the project directory (`work_dir` = project root).
+    """Pulumi Automation API on a work directory of its own (see the module docstring).
 
     State goes to PULUMI_BACKEND_URL (file://, s3://, postgres://, ...). Plain config is set in
-    full before every operation, so any worker on any machine can run any stack. Secret values
-    never go into stack config: the Automation API sets config with `pulumi config set-all
-    --secret key=value`, which would show them in the process list. They reach the CLI (and
-    the program and its providers, which inherit its environment) as the environment variables
-    the program falls back to (GITHUB_TOKEN, DATABASE_URL, DIGITALOCEAN_TOKEN); the program
-    wraps them as secrets before they reach the engine. Those keys are removed from the stack's
-    config before each operation: a value left there (`pulumi config set --secret` by hand)
-    would win over the environment, and the service's settings are the ones that must count.
+    full, typed, before every operation, so any worker on any machine can run any stack.
+    Secret values never go into stack config: the Automation API would set them with `pulumi
+    config set-all --secret key=value`, which shows them in the process list. They reach the CLI
+    (and the program and its providers, which inherit its environment) as the environment
+    variables the program falls back to (GITHUB_TOKEN, DATABASE_URL, DIGITALOCEAN_TOKEN); the
+    program wraps them as secrets before they reach the engine.
     """
 
     def __init__(
         self,
         *,
         backend_url: str,
+        work_dir: Path,
         passphrase: str | None = None,
         passphrase_file: str | None = None,
-        work_dir: Path = ROOT,
+        program_dir: Path = ROOT,
     ) -> None:
         self.work_dir = work_dir
-        self.env = {"PULUMI_BACKEND_URL": backend_url, "PULUMI_SKIP_UPDATE_CHECK": "true"}
+        self.program_dir = program_dir
+        self.env = {
+            "PULUMI_BACKEND_URL": backend_url,
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER": "true",
+        }
         if passphrase:
             self.env["PULUMI_CONFIG_PASSPHRASE"] = passphrase
         if passphrase_file:
@@ -85,47 +171,24 @@ class AutomationDeployer:
         parts = urlsplit(backend_url)
         if parts.scheme == "file":
             Path(parts.path).mkdir(parents=True, exist_ok=True)
+        self._stop = _Stop()
 
     def _split(self, config: StackConfig) -> tuple[dict[str, Any], dict[str, str]]:
-        """(plain config for `config set-all`, environment for the secrets)."""
-        from pulumi import automation as auto
-
+        """(plain config for `config set-all --json`, environment for the secrets)."""
         env_names = _secret_env_names()
         plain: dict[str, Any] = {}
         env: dict[str, str] = {}
         for key, value in config.items():
             if not value.secret:
-                plain[key] = auto.ConfigValue(value.value)
+                plain[key] = value.value
             elif key in env_names:
-                env[env_names[key]] = value.value
+                env[env_names[key]] = value.text
             else:
                 raise DeployError(
                     f"secret config key {key} has no environment variable to travel in; "
                     "it would have to go on the pulumi command line"
                 )
         return plain, env
-
-    def _refuse_foreign_settings(self, stack: str) -> None:
-        """A new stack must not adopt a `Pulumi.<stack>.yaml` it finds in the project.
-
-        Such a file belongs to a stack run with `pulumi up` (Pulumi.dev.yaml is the example):
-        its values would flow into this server, and the worker would rewrite the file.
-        """
-        for suffix in (".yaml", ".yml"):
-            found = self.work_dir / f"Pulumi.{stack}{suffix}"
-            if found.exists():
-                raise DeployError(
-                    f"{found.name} in the project directory holds the config of a stack this "
-                    "service did not create (one run with `pulumi up`?); the service will not "
-                    "take it over: choose another server name"
-                )
-
-    @staticmethod
-    def _configure(ws_stack: Any, config: StackConfig, plain: dict[str, Any]) -> None:
-        ws_stack.set_all_config(plain)
-        travelling = sorted(key for key, value in config.items() if value.secret)
-        if travelling:  # `config rm-all` names keys only; a missing key is no error
-            ws_stack.remove_all_config(travelling)
 
     def _options(self, secrets_env: dict[str, str]) -> Any:
         from pulumi import automation as auto
@@ -135,162 +198,169 @@ class AutomationDeployer:
         )
 
     def cancel(self) -> None:
-        """SIGTERM to the `pulumi` CLI this process runs (not to its plugins: the CLI finishes
-        its in-flight steps, saves the checkpoint and releases the lock, then exits)."""
-        for pid in _child_pids(os.getpid()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        """The deployment is to stop (see _Stop): called from a signal handler."""
+        self._stop.request()
 
-    @staticmethod
-    def _refuse_pending(ws_stack: Any, stack: str) -> None:
+    @contextlib.contextmanager
+    def _stack(
+        self, stack: str, config: StackConfig, *, create: bool
+    ) -> Iterator[tuple[Any, bool]]:
+        """(the stack, whether it was made now): selected, or created when `create`, its
+        settings file made anew with the deployment's config; (None, False) when it does not
+        exist and `create` is false."""
+        from pulumi import automation as auto
+
+        plain, secrets_env = self._split(config)
+        write_work_dir(self.work_dir, self.program_dir)
+        settings = self.work_dir / f"Pulumi.{stack}.yaml"
+        settings.unlink(missing_ok=True)  # a cache: nothing of an earlier deployment lingers
+        work_dir, opts = str(self.work_dir), self._options(secrets_env)
+        created = False
+        with _translated(stack):
+            self._stop.operation()
+            try:
+                ws_stack = auto.select_stack(stack_name=stack, work_dir=work_dir, opts=opts)
+            except auto.StackNotFoundError:
+                if not create:
+                    yield None, False
+                    return
+                self._stop.operation()
+                ws_stack = auto.create_stack(stack_name=stack, work_dir=work_dir, opts=opts)
+                created = True
+            self._stop.operation()
+            ws_stack.set_all_config_json(config_json(plain))
+            yield ws_stack, created
+
+    def _events(self, on_output: OnOutput, kind: type[EngineEvents] = EngineEvents) -> Any:
+        self._stop.operation()
+        return kind(on_output, self._stop.engine)
+
+    def _refuse_pending(self, ws_stack: Any, stack: str) -> None:
         """A killed update's pending operations: an `up` now would only warn and create again."""
+        self._stop.operation()
         deployment = ws_stack.export_stack().deployment or {}
         pending = deployment.get("pending_operations") or []
         if pending:
             raise pending_operations_error(stack, pending)
 
     def up(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:
-        from pulumi import automation as auto
-
-        plain, secrets_env = self._split(config)
-        work_dir, opts = str(self.work_dir), self._options(secrets_env)
-        with _translated(stack):
-            try:
-                ws_stack = auto.select_stack(stack_name=stack, work_dir=work_dir, opts=opts)
-                self._refuse_pending(ws_stack, stack)
-            except auto.StackNotFoundError:
-                self._refuse_foreign_settings(stack)
-                ws_stack = auto.create_stack(stack_name=stack, work_dir=work_dir, opts=opts)
-            self._configure(ws_stack, config, plain)
-            result = ws_stack.up(on_output=on_output, on_event=_event_printer(on_output))
+        with self._stack(stack, config, create=True) as (ws_stack, _created):
+            self._refuse_pending(ws_stack, stack)
+            events = self._events(on_output)
+            with _failures(stack, "up", events):
+                result = ws_stack.up(on_output=on_output, on_event=events)
             return {key: out.value for key, out in result.outputs.items() if not out.secret}
 
     def destroy(self, stack: str, config: StackConfig, on_output: OnOutput) -> None:
         from pulumi import automation as auto
 
-        plain, secrets_env = self._split(config)
-        with _translated(stack):
-            try:
-                ws_stack = auto.select_stack(
-                    stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
-                )
-            except auto.StackNotFoundError:
+        with self._stack(stack, config, create=False) as (ws_stack, _created):
+            if ws_stack is None:
                 on_output(f"stack {stack} does not exist: nothing to destroy")
                 return
             self._refuse_pending(ws_stack, stack)
-            self._configure(ws_stack, config, plain)
             # Run the program: without it the engine deletes through the explicit DigitalOcean
             # provider's inputs stored in state, i.e. the token of the last `up`, which fails
             # once that token is rotated (pulumi/pulumi#4981, #18740).
+            events = self._events(on_output)
             try:
-                ws_stack.destroy(
-                    on_output=on_output, on_event=_event_printer(on_output), run_program=True
-                )
-            except auto.CommandError as exc:
-                text = last_lines(str(exc))
-                if isinstance(exc, auto.ConcurrentUpdateError) or looks_transient(text):
-                    raise
+                with _failures(stack, "destroy", events):
+                    ws_stack.destroy(on_output=on_output, on_event=events, run_program=True)
+            except _ProgramFailed:
+                # Only a program that cannot run (auto.RuntimeError: an unhandled exception);
+                # any other failure (config, network, a provider) is the deployment's error.
                 on_output(f"the program could not run for the destroy: {PROGRAM_FAILED_FALLBACK}")
-                ws_stack.destroy(on_output=on_output, on_event=_event_printer(on_output))
-            ws_stack.workspace.remove_stack(stack)
+                events = self._events(on_output)
+                with _failures(stack, "destroy", events):
+                    ws_stack.destroy(on_output=on_output, on_event=events)
+            self._stop.operation()
+            with _translated(stack):
+                try:
+                    ws_stack.workspace.remove_stack(stack)
+                except auto.CommandError as exc:
+                    raise DeployError(f"pulumi stack rm failed: {_cli_error(str(exc))}") from None
+            (self.work_dir / f"Pulumi.{stack}.yaml").unlink(missing_ok=True)
 
     def preview(self, stack: str, config: StackConfig, on_output: OnOutput) -> dict[str, Any]:
         """`pulumi preview` with engine events. The CLI previews only a stack that exists: a new
-        one is created for the preview and removed after it (with its settings file), so the
-        check leaves nothing behind; the queue runs no `up` of it meanwhile (same lock)."""
+        one is created for the preview and removed after it, so the check leaves nothing
+        behind; the queue runs no `up` of it meanwhile (same lock)."""
         from pulumi import automation as auto
 
-        plain, secrets_env = self._split(config)
-        work_dir, opts = str(self.work_dir), self._options(secrets_env)
-        steps = StepCollector(on_output)
-        with _translated(stack):
-            created = False
+        with self._stack(stack, config, create=True) as (ws_stack, created):
+            steps = self._events(on_output, StepCollector)
             try:
-                ws_stack = auto.select_stack(stack_name=stack, work_dir=work_dir, opts=opts)
-            except auto.StackNotFoundError:
-                self._refuse_foreign_settings(stack)
-                ws_stack = auto.create_stack(stack_name=stack, work_dir=work_dir, opts=opts)
-                created = True
-            try:
-                self._configure(ws_stack, config, plain)
-                ws_stack.preview(on_output=on_output, on_event=steps)
+                with _failures(stack, "preview", steps):
+                    ws_stack.preview(on_output=on_output, on_event=steps)
             finally:
                 if created:
-                    ws_stack.workspace.remove_stack(stack)
-        return preview_result(steps.steps())
+                    with contextlib.suppress(auto.CommandError):
+                        ws_stack.workspace.remove_stack(stack)
+                    (self.work_dir / f"Pulumi.{stack}.yaml").unlink(missing_ok=True)
+        return preview_result(steps.steps(), steps.summary)
 
     def preview_refresh(
         self, stack: str, config: StackConfig, on_output: OnOutput
     ) -> dict[str, Any]:
         """`pulumi refresh --preview-only` with engine events: the providers read every
         resource, nothing is written (the DIY backend takes no lock for it either)."""
-        from pulumi import automation as auto
-
-        plain, secrets_env = self._split(config)
-        steps = StepCollector(on_output)
-        with _translated(stack):
-            try:
-                ws_stack = auto.select_stack(
-                    stack_name=stack, work_dir=str(self.work_dir), opts=self._options(secrets_env)
-                )
-            except auto.StackNotFoundError:
-                raise DeployError(
-                    f"error: no stack named '{stack}' found: nothing to refresh"
-                ) from None
-            self._configure(ws_stack, config, plain)
-            ws_stack.preview_refresh(on_output=on_output, on_event=steps)
+        with self._stack(stack, config, create=False) as (ws_stack, _created):
+            if ws_stack is None:
+                raise DeployError(f"error: no stack named '{stack}' found: nothing to refresh")
+            steps = self._events(on_output, StepCollector)
+            with _failures(stack, "refresh", steps):
+                ws_stack.preview_refresh(on_output=on_output, on_event=steps)
         return refresh_result(steps.steps())
 
 
-class StepCollector:
-    """The steps of a preview or refresh preview, from the engine's `resOutputsEvent`s.
-
-    Their metadata carries the step's op (for a refresh, the result of the read: update,
-    delete or same, where `resourcePreEvent` says "refresh"), urn, type, the changed keys and
-    the old and new state, secrets shown as "[secret]" by the CLI. A provider that names no
-    changed keys (the dynamic provider host never does) gets the keys the CLI itself would
-    show: the inputs that differ (preview), or the inputs whose output value differs (refresh).
-    Error diagnostics and failed steps still reach `on_output`.
-    """
-
-    def __init__(self, on_output: OnOutput) -> None:
-        self._printer = _event_printer(on_output)
-        self._steps: dict[str, CheckStep] = {}
-
-    def __call__(self, event: Any) -> None:
-        self._printer(event)
-        outputs = getattr(event, "res_outputs_event", None)
-        if outputs is None:
-            return
-        meta = outputs.metadata
-        op = str(getattr(meta.op, "value", meta.op))
-        old, new = meta.old, meta.new
-        old_outputs = dict(old.outputs or {}) if old is not None else None
-        new_outputs = dict(new.outputs or {}) if new is not None else None
-        keys = list(meta.diffs or []) or list(meta.detailed_diff or {})
-        if not keys and op in ("update", "replace"):
-            keys = _fallback_keys(old, new, old_outputs, new_outputs)
-        top = sorted({key.split(".")[0].split("[")[0] for key in keys})
-        self._steps[meta.urn] = CheckStep(meta.urn, meta.type, op, top, old_outputs, new_outputs)
-
-    def steps(self) -> list[CheckStep]:
-        return list(self._steps.values())
+class _ProgramFailed(DeployError):
+    """The program raised (the CLI's output says it failed with an unhandled exception)."""
 
 
-def _fallback_keys(
-    old: Any, new: Any, old_outputs: dict[str, Any] | None, new_outputs: dict[str, Any] | None
-) -> list[str]:
-    old_inputs = dict(old.inputs or {}) if old is not None else {}
-    new_inputs = dict(new.inputs or {}) if new is not None else {}
-    if old_outputs is not None and new_outputs is not None and old_inputs == new_inputs:
-        # a refresh: the inputs stay, the read outputs moved
-        return [
-            k
-            for k in old_inputs
-            if not k.startswith("__") and old_outputs.get(k) != new_outputs.get(k)
-        ]
-    keys = {k for k in {*old_inputs, *new_inputs} if not k.startswith("__")}
-    return [k for k in keys if old_inputs.get(k) != new_inputs.get(k)]
+@contextlib.contextmanager
+def _failures(stack: str, kind: str, events: EngineEvents) -> Iterator[None]:
+    """A failed CLI operation as a DeployError, told from what the CLI says where it says it:
+    a step's error is only in the engine's diagnostics (stdout and the event log; stderr is
+    empty, exit code 1); a stop is `update canceled` under the stack; a CLI killed by a signal
+    outside its engine leaves no words, and may leave the stack's lock."""
+    from pulumi import automation as auto
+
+    try:
+        yield
+    except auto.ConcurrentUpdateError:
+        raise
+    except auto.CommandError as exc:
+        raw = str(exc)
+        found = _EXIT_CODE.search(raw)
+        code = int(found.group(1)) if found else 1
+        text = events.error_text() or _cli_error(raw)
+        if code < 0 and kind in ("up", "destroy"):
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            raise DeployError(
+                f"the pulumi CLI was killed by {name} outside its engine (while it took or "
+                "released the stack's lock, or wrote its history): the stack may be locked",
+                repair=repair_steps(stack),
+            ) from None
+        if code < 0:
+            raise DeployError(f"the pulumi {kind} was stopped", transient=True) from None
+        if any(message.endswith(" canceled") for _urn, message in events.errors):
+            raise DeployError(
+                f"{text}\n(stopped: the CLI finished its steps in flight, saved the checkpoint "
+                "and released the lock)",
+                transient=True,
+            ) from None
+        if isinstance(exc, auto.RuntimeError):
+            raise _ProgramFailed(f"pulumi failed: {text}") from None
+        raise DeployError(f"pulumi failed: {text}", transient=looks_transient(text)) from None
+
+
+def _cli_error(raw: str) -> str:
+    """The CLI's own `error:` lines from str(CommandError) (stderr), else its last lines."""
+    _, found, stderr = raw.partition("\n stderr: ")
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    if found and errors:
+        return "\n".join(errors)
+    return last_lines(raw)
 
 
 def _child_pids(parent: int) -> list[int]:
@@ -307,7 +377,7 @@ def _child_pids(parent: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def _translated(stack: str) -> Any:
+def _translated(stack: str) -> Iterator[None]:
     """Automation API errors -> DeployError, with the CLI's own words (it masks secrets)."""
     from pulumi import automation as auto
 
@@ -319,160 +389,9 @@ def _translated(stack: str) -> Any:
         # spend every attempt on it.
         raise DeployError(
             "the stack is locked, and no deployment of the service holds the lock: a killed "
-            f"update left it, or someone runs pulumi on it by hand: {last_lines(str(exc))}",
+            f"update left it, or someone runs pulumi on it by hand: {_cli_error(str(exc))}",
             repair=repair_steps(stack),
         ) from None
     except auto.CommandError as exc:
-        text = last_lines(str(exc))
+        text = _cli_error(str(exc))
         raise DeployError(f"pulumi failed: {text}", transient=looks_transient(text)) from None
-
-
-def _event_printer(on_output: OnOutput) -> Callable[[Any], None]:
-    """Engine events worth a line of their own: failed steps and error diagnostics."""
-
-    def on_event(event: Any) -> None:
-        line = describe_event(event)
-        if line:
-            on_output(line)
-
-    return on_event
-
-
-def describe_event(event: Any) -> str | None:
-    failed = getattr(event, "res_op_failed_event", None)
-    if failed is not None:
-        op = getattr(failed.metadata.op, "value", failed.metadata.op)  # OpType.CREATE -> create
-        return f"[event] failed: {op} {failed.metadata.urn}"
-    diag = getattr(event, "diagnostic_event", None)
-    if diag is not None and str(diag.severity).startswith("error"):
-        where = f" {diag.urn}" if diag.urn else ""
-        return f"[event] error{where}: {diag.message.strip()}"
-    summary = getattr(event, "summary_event", None)
-    if summary is not None:
-        return f"[event] summary: {dict(summary.resource_changes)} in {summary.duration_seconds}s"
-    return None
-
-
-# -- resource plugins, installed when a worker starts ----------------------------------------
-
-
-class PluginInstallError(CitrusError):
-    """A resource plugin could not be installed: the worker must not start without it."""
-
-
-@dataclass(frozen=True)
-class Plugin:
-    name: str  # "digitalocean"
-    version: str  # "4.84.1", without the CLI's "v"
-    package: str  # the Python package that pins it: "pulumi_digitalocean"
-
-
-def pinned_plugins(packages: Sequence[str] = PLUGIN_PACKAGES) -> list[Plugin]:
-    """Each package's resource plugin at the version the installed package pins.
-
-    A pulumi_<name> package ships `pulumi-plugin.json` ({"resource": true, "name", "version"}),
-    which the Python language host reads to tell the engine which plugin to load; without it,
-    the plugin is <name> at the distribution's own version, the one its resources ask for.
-    """
-    found = []
-    for package in packages:
-        try:
-            pinned = json.loads((resources.files(package) / "pulumi-plugin.json").read_text())
-            name, version = str(pinned["name"]), str(pinned["version"])
-        except (ModuleNotFoundError, FileNotFoundError, KeyError, ValueError):
-            name = package.removeprefix("pulumi_")
-            try:
-                version = metadata.version(package.replace("_", "-"))
-            except metadata.PackageNotFoundError:
-                raise PluginInstallError(
-                    f"the Python package {package} is not installed, and the program needs it "
-                    "(pip install -r requirements.txt)"
-                ) from None
-        found.append(Plugin(name=name, version=version.removeprefix("v"), package=package))
-    return found
-
-
-def install_pinned_plugins(timeout: float = PLUGIN_INSTALL_TIMEOUT) -> list[Plugin]:
-    """Installs the pinned plugins before a worker takes a job; raises PluginInstallError.
-
-    The first `up` under a PULUMI_HOME would otherwise download them, and a worker that cannot
-    (offline, proxy) would fail every deployment as if the deployment were at fault. The CLI
-    runs in `python -m service.automation`, whose environment lacks the worker's own secrets
-    (service.child.WORKER_ONLY_ENV) as a deployment's does; PULUMI_HOME and proxies pass.
-    """
-    from service.child import WORKER_ONLY_ENV
-
-    plugins = pinned_plugins()
-    env = {name: value for name, value in os.environ.items() if name not in WORKER_ONLY_ENV}
-    command = [sys.executable, "-m", "service.automation"]
-    command += [f"{plugin.name}={plugin.version}={plugin.package}" for plugin in plugins]
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        raise PluginInstallError(
-            f"installing the Pulumi resource plugins ({_listed(plugins)}) took more than "
-            f"{timeout:.0f}s; the worker does not start without them"
-        ) from None
-    if done.returncode != 0:
-        raise PluginInstallError(
-            last_lines(done.stderr, 8) or f"the plugin installer exited with {done.returncode}"
-        )
-    log.info("resource plugins ready: %s", _listed(plugins))
-    return plugins
-
-
-def install_plugins(plugins: Sequence[Plugin], work_dir: Path = ROOT) -> None:
-    """`pulumi plugin install resource <name> v<version>` for each, through the Automation API.
-
-    The CLI gets this process's environment: call it through install_pinned_plugins.
-    """
-    from pulumi import automation as auto
-
-    try:
-        workspace = auto.LocalWorkspace(
-            work_dir=str(work_dir), env_vars={"PULUMI_SKIP_UPDATE_CHECK": "true"}
-        )
-    except FileNotFoundError:
-        raise PluginInstallError(
-            "no `pulumi` CLI on PATH: a worker with CITRUS_DEPLOYER=automation runs it"
-        ) from None
-    for plugin in plugins:
-        try:
-            workspace.install_plugin(plugin.name, f"v{plugin.version}")
-        except auto.CommandError as exc:
-            # str(exc) is " code: ...\n stdout: ...\n stderr: ...": the error is in stderr.
-            text = str(exc)
-            _, found, stderr = text.partition("\n stderr: ")
-            raise PluginInstallError(
-                f"cannot install the Pulumi resource plugin {plugin.name} v{plugin.version} "
-                f"(the version {plugin.package} pins); the worker does not start without it. "
-                f"The CLI said:\n{last_lines(stderr if found else text, 3)}"
-            ) from None
-
-
-def _listed(plugins: Sequence[Plugin]) -> str:
-    return ", ".join(f"{plugin.name} v{plugin.version}" for plugin in plugins)
-
-
-def _install_main(argv: Sequence[str]) -> int:
-    """`python -m service.automation name=version=package ...`: the plugin installer process."""
-    plugins = [Plugin(*word.split("=", 2)) for word in argv]
-    try:
-        install_plugins(plugins)
-    except PluginInstallError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    except Exception as exc:  # reported in one line, not as a traceback
-        print(
-            f"installing the Pulumi resource plugins ({_listed(plugins)}) failed: "
-            f"{type(exc).__name__}: {last_lines(str(exc), 3)}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_install_main(sys.argv[1:]))

@@ -11,6 +11,7 @@ Each deployment runs in a child process of its own (`service.child`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,17 @@ OnOutput = Callable[[str], None]
 
 @dataclass(frozen=True)
 class StackValue:
-    value: str
+    """One stack config value, typed as the project declares it: text, a bool, or a list or map
+    (`type: array` keys such as sshKeys and tags). Secrets are always text."""
+
+    value: Any
     secret: bool = False
+
+    @property
+    def text(self) -> str:
+        """What the program reads: text as it is, anything else JSON (as the CLI hands an
+        object value to the program)."""
+        return self.value if isinstance(self.value, str) else json.dumps(self.value)
 
 
 StackConfig = Mapping[str, StackValue]  # fully qualified keys: "citrus-deploy:serverName"
@@ -75,16 +85,28 @@ class Deployer(Protocol):
         ...
 
 
-# Messages of the CLI that mean "try again later", not "the program or its config is wrong".
+# Words of the CLI, its backends and DigitalOcean's API that mean "try again later", not "the
+# program or its config is wrong": a state backend that cannot be reached (`failed to ping
+# PostgreSQL`, pkg/backend/diy/postgres/bucket.go), the network, DigitalOcean's rate limit and
+# server errors as its provider reports them, and a lost database connection of our provider.
 _TRANSIENT_HINTS = (
-    "stack is currently locked",
+    "failed to ping postgresql",
+    "unable to open state",
     "connection reset",
     "connection refused",
+    "i/o timeout",
     "timeout",
     "timed out",
     "temporary failure",
+    "no such host",
+    "tls handshake timeout",
     "too many requests",
     "rate limit",
+    ": 429 ",
+    ": 500 ",
+    ": 502 ",
+    ": 503 ",
+    ": 504 ",
     "503 service unavailable",
     "502 bad gateway",
     "cannot connect to postgresql",
@@ -154,15 +176,21 @@ _SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # noqa: S105 (a marker, no
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105
 
 
-def preview_result(steps: Sequence[CheckStep]) -> dict[str, Any]:
+def preview_result(
+    steps: Sequence[CheckStep], summary: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """`{"summary": {op: count}, "steps": [{urn, type, op, diffs: [key]}]}`, the steps in the
-    engine's order, the summary as the engine counts (a replacement once)."""
+    engine's order. The summary is the engine's own (its summaryEvent: a replacement counted
+    once, default providers not at all) when given, else counted from the steps the same way."""
     shown = [s for s in steps if s.op in PREVIEW_OPS]
-    summary = dict.fromkeys(PREVIEW_OPS, 0)
-    for s in shown:
-        summary[s.op] += 1
+    counted = dict.fromkeys(PREVIEW_OPS, 0)
+    if summary is None:
+        for s in shown:
+            counted[s.op] += 1
+    else:
+        counted |= {op: int(n) for op, n in summary.items() if op in PREVIEW_OPS}
     return {
-        "summary": summary,
+        "summary": counted,
         "steps": [
             {"urn": s.urn, "type": s.type, "op": s.op, "diffs": sorted(s.diffs)} for s in shown
         ],
@@ -201,7 +229,7 @@ def make_deployer(options: Mapping[str, Any]) -> Deployer:
         from service.standin_deployer import StandInDeployer
 
         parts = urlsplit(backend)
-        base = Path(parts.path) if parts.scheme == "file" else ROOT / ".pulumi"
+        base = Path(parts.path) if parts.scheme == "file" else Path(options["work_dir"]).parent
         return StandInDeployer(
             base / "test-engine",
             step_delay=float(options["step_delay"]),
@@ -211,6 +239,7 @@ def make_deployer(options: Mapping[str, Any]) -> Deployer:
 
     return AutomationDeployer(
         backend_url=backend,
+        work_dir=Path(options["work_dir"]),
         passphrase=options.get("passphrase"),
         passphrase_file=options.get("passphrase_file"),
     )

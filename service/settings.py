@@ -8,12 +8,13 @@ settings plus the server and agent names, and checked with the program's own rul
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from citrus import config as stack_config
 from citrus.errors import CitrusError
@@ -37,6 +38,16 @@ TEST_ENGINE_STAND_INS = {
 }
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # finite: a duration
+# A list from the environment: JSON (`["a", "b"]`) or comma-separated (`a,b`).
+WordList = Annotated[list[str], NoDecode]
+
+
+def default_state_dir() -> Path:
+    """Where a worker keeps what is its own: $XDG_STATE_HOME/citrus-deploy, else
+    ~/.local/state/citrus-deploy (systemd's StateDirectory= sets CITRUS_STATE_DIR instead)."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "citrus-deploy"
+
 
 # The Pulumi CLI keeps state itself (a "DIY backend") only for these URL schemes (postgres://
 # since CLI 3.176); it takes any other URL for the address of a Pulumi Cloud service and tries
@@ -65,7 +76,7 @@ def check_backend_url(url: str) -> None:
         diy = ", ".join(f"{name}://" for name in DIY_BACKEND_SCHEMES)
         raise ValueError(
             f"has {found}; the accepted ones are the Pulumi CLI's state backends {diy}, and "
-            "https:// for Pulumi Cloud (unset, it is file://<project directory>/.pulumi)"
+            "https:// for Pulumi Cloud (unset, it is file://$CITRUS_STATE_DIR/pulumi)"
         )
 
 
@@ -88,9 +99,11 @@ class Settings(BaseSettings):
     deployer: Literal["automation", "test-engine"] = Field(
         "automation", validation_alias="CITRUS_DEPLOYER"
     )
-    pulumi_backend_url: str = Field(
-        f"file://{ROOT / '.pulumi'}", validation_alias="PULUMI_BACKEND_URL"
-    )
+    # The worker's own directory: its Pulumi work directory (`work/`: the Pulumi.yaml it runs
+    # and the stacks' settings files, a cache) and, unless PULUMI_BACKEND_URL says otherwise,
+    # the stacks' state (`pulumi/`).
+    state_dir: Path = Field(default_factory=default_state_dir, validation_alias="CITRUS_STATE_DIR")
+    pulumi_backend_url: str = Field("", validation_alias="PULUMI_BACKEND_URL")
     pulumi_config_passphrase: SecretStr | None = Field(
         None, validation_alias="PULUMI_CONFIG_PASSPHRASE"
     )
@@ -107,6 +120,10 @@ class Settings(BaseSettings):
     )
     github_token: SecretStr | None = Field(None, validation_alias="GITHUB_TOKEN")
     engine_ws_url: str | None = Field(None, validation_alias="ENGINE_WS_URL")
+    # Given to every server the service deploys (HTTP, and GitOps files that set none):
+    # DigitalOcean SSH key ids or fingerprints, and droplet tags.
+    ssh_keys: WordList = Field(default_factory=list, validation_alias="CITRUS_SSH_KEYS")
+    droplet_tags: WordList = Field(default_factory=list, validation_alias="CITRUS_DROPLET_TAGS")
 
     # The stale-agent check.
     agent_connect_timeout: Seconds = Field(600, validation_alias="AGENT_CONNECT_TIMEOUT")
@@ -151,11 +168,32 @@ class Settings(BaseSettings):
     )
     cookie_secure: bool | None = Field(None, validation_alias="CITRUS_COOKIE_SECURE")
 
+    @field_validator("ssh_keys", "droplet_tags", mode="before")
+    @classmethod
+    def _word_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [word.strip() for word in text.split(",") if word.strip()]
+        return value
+
     @field_validator("pulumi_backend_url")
     @classmethod
     def _backend_url(cls, value: str) -> str:
-        check_backend_url(value)
+        if value:
+            check_backend_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _default_backend(self) -> Settings:
+        if not self.pulumi_backend_url:
+            self.pulumi_backend_url = f"file://{self.state_dir / 'pulumi'}"
+        return self
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state_dir / "work"
 
     @field_validator("database_url")
     @classmethod
@@ -190,37 +228,57 @@ class Settings(BaseSettings):
         return self.docs if self.docs is not None else self.citrus_env == "development"
 
     def check_deployer(self) -> None:
-        """What only workers need: the passphrase. Raises SettingsError."""
+        """What only workers need: the passphrase, a virtual environment for the CLI to run
+        the program in, a state directory they can write. Raises SettingsError."""
+        import sys
+
         if not (self.pulumi_config_passphrase or self.pulumi_config_passphrase_file):
             raise SettingsError(
                 f"CITRUS_DEPLOYER={self.deployer} needs PULUMI_CONFIG_PASSPHRASE or "
                 "PULUMI_CONFIG_PASSPHRASE_FILE (it encrypts the secrets in the stacks' state)"
             )
+        if self.deployer == "automation" and sys.prefix == sys.base_prefix:
+            raise SettingsError(
+                f"the worker runs on {sys.executable}, which is not a virtual environment: the "
+                "Pulumi CLI runs the program with the worker's own environment (its "
+                "`virtualenv`), so start the worker from the virtual environment the package "
+                "is installed in (e.g. .venv/bin/python -m service worker)"
+            )
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(
+                f"CITRUS_STATE_DIR={self.state_dir} cannot be used ({exc.strerror}): the worker "
+                "keeps its Pulumi work directory there"
+            ) from None
 
     # -- the stack config of one deployment --------------------------------------------------
 
-    def stack_config(self, record: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    def stack_config(self, record: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
         """`project:key` (or `digitalocean:token`) -> (value, secret) for one stack.
 
         `record` is the non-secret config kept in the deployment record: serverName and
         agentName over HTTP; a GitOps file's keys (size, tags, `digitalocean:apiEndpoint` ...).
-        Keys without `:` get the project prefix; values that are not text are JSON-encoded as
-        the Pulumi CLI passes them (`true`, `["web"]`). The record's values win over the
-        service's defaults (ENGINE_WS_URL); secrets always come from the service's settings,
-        whatever the record holds.
+        Keys without `:` get the project prefix; values keep their types (`true`, `["web"]`),
+        which the deployer hands the CLI as the project declares them. The record's values win
+        over the service's defaults (ENGINE_WS_URL, CITRUS_SSH_KEYS, CITRUS_DROPLET_TAGS);
+        secrets always come from the service's settings, whatever the record holds.
         """
-        values: dict[str, tuple[str, bool]] = {}
+        values: dict[str, tuple[Any, bool]] = {}
         stand_ins = TEST_ENGINE_STAND_INS if self.deployer == "test-engine" else {}
-        plain = {"engineWsUrl": self.engine_ws_url}
-        for key, text in plain.items():
-            value = text or stand_ins.get(key)
-            if value:
-                values[f"{PROJECT}:{key}"] = (value, False)
+        plain: dict[str, Any] = {
+            "engineWsUrl": self.engine_ws_url or stand_ins.get("engineWsUrl"),
+            "sshKeys": list(self.ssh_keys) or None,
+            "tags": list(self.droplet_tags) or None,
+        }
+        for key, default in plain.items():
+            if default:
+                values[f"{PROJECT}:{key}"] = (default, False)
         for key, raw in record.items():
             if raw is None:
                 continue
             full = key if ":" in key else f"{PROJECT}:{key}"
-            values[full] = (raw if isinstance(raw, str) else json.dumps(raw), False)
+            values[full] = (raw, False)
         # Secrets come only from the service's settings, never from a record (even one edited
         # by hand): a record's value is dropped, not sent in the clear.
         values[f"{PROJECT}:databaseUrl"] = (self.database_url.get_secret_value(), True)
@@ -243,7 +301,10 @@ class Settings(BaseSettings):
         Web and worker call it at start, so a missing GITHUB_TOKEN is reported once, at start,
         rather than as a failed deployment per request.
         """
-        flat = {k: v for k, (v, _secret) in self.stack_config({"serverName": "probe-1"}).items()}
+        flat = {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, (v, _secret) in self.stack_config({"serverName": "probe-1"}).items()
+        }
         prefix = f"{PROJECT}:"
         try:
             stack_config.load(
@@ -274,6 +335,11 @@ class Settings(BaseSettings):
         if password:
             found.append(str(password))
         found.append(self.database_url.get_secret_value())
+        # A postgres:// state backend's URL holds its password, and the CLI shows the URL
+        # when it cannot reach it (`unable to open state database "<url>"`).
+        backend = urlsplit(self.pulumi_backend_url)
+        if backend.password:
+            found += [backend.password, self.pulumi_backend_url]
         return sorted(set(found), key=len, reverse=True)
 
     def deployer_options(self) -> dict[str, Any]:
@@ -286,6 +352,7 @@ class Settings(BaseSettings):
             "passphrase_file": str(self.pulumi_config_passphrase_file or "") or None,
             "step_delay": self.test_engine_step_delay,
             "stop_grace": self.deploy_stop_grace_seconds,
+            "work_dir": str(self.work_dir),
         }
 
 

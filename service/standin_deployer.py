@@ -54,7 +54,7 @@ class StandInDeployer:
         from standin.engine import StackConfig as EngineConfig
 
         return EngineConfig(
-            {k: v.value for k, v in config.items()},
+            {k: v.text for k, v in config.items()},
             frozenset(k for k, v in config.items() if v.secret),
         )
 

@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,6 +20,7 @@ from psycopg import sql
 
 from db.__main__ import migrate
 from service.migrate import migrate as migrate_service
+from standin.cli import install_launcher
 from standin.pg import PgServer
 
 TEMPLATE_DB = "citrus_template"
@@ -87,6 +93,57 @@ def insert_server(conninfo: str, name: str, status: str = "provisioning") -> str
             (name, str(uuid.uuid4().int % 10**9), status, agent),
         )
     return agent
+
+
+# -- the pulumi CLI stand-in (standin.cli), first on PATH -------------------------------------
+
+
+@dataclass
+class Cli:
+    """The stand-in `pulumi` on PATH; `calls()` is every call it got, in order."""
+
+    bindir: Path
+    record: Path  # where it records its calls (FAKE_PULUMI_DIR)
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Each call's argv, cwd and watched environment; "words" = its arguments without the
+        global --non-interactive."""
+        path = self.record / "calls.jsonl"
+        if not path.exists():
+            return []
+        made = [json.loads(line) for line in path.read_text().splitlines()]
+        for call in made:
+            call["words"] = [arg for arg in call["argv"] if arg != "--non-interactive"]
+        return made
+
+    def words(self) -> list[list[str]]:
+        return [call["words"] for call in self.calls()]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """Puts the stand-in `pulumi` first on PATH, with none of the machine's Pulumi settings."""
+    bindir, record = tmp_path / "bin", tmp_path / "pulumi-calls"
+    install_launcher(bindir)
+    record.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:{os.path.dirname(sys.executable)}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_PULUMI_DIR", str(record))
+    monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "pulumi-home"))
+    for name in (
+        "GITHUB_TOKEN",
+        "DATABASE_URL",
+        "DIGITALOCEAN_TOKEN",
+        "DO_API_TOKEN",
+        "PULUMI_BACKEND_URL",
+        "PULUMI_CONFIG_PASSPHRASE",
+        "PULUMI_CONFIG_PASSPHRASE_FILE",
+        "PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER",
+        "FAKE_PULUMI_FAIL",
+        "CITRUS_STANDIN_DELAY",
+        "CITRUS_STANDIN_STEP_DELAY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return Cli(bindir, record)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -78,9 +78,10 @@ def client(settings: Settings) -> Iterator[TestClient]:
 class Worker:
     """`python -m service worker` in a process of its own (killable like a real one)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.env = env
         self.log = log
+        self.cwd = cwd  # the checkout (or install) it runs from
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
@@ -88,7 +89,7 @@ class Worker:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service", "worker"],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env={**clean, **self.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,

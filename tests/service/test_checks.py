@@ -1,9 +1,8 @@
 """Read-only checks: queued, run by real worker processes, and through the Automation API.
 
 The worker tests run `python -m service worker` under the engine stand-in (real row providers
-against PostgreSQL, DigitalOcean faked); the Automation API tests drive the real library
-against the stand-in CLI of tests/service/fake_pulumi.py, which answers `preview` and `refresh
---preview-only` with the engine events the real CLI sends.
+against PostgreSQL, DigitalOcean faked); the checks through the Automation API and the stand-in
+CLI are in test_automation_deployer.py.
 """
 
 from __future__ import annotations
@@ -17,13 +16,10 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from service.automation import AutomationDeployer
 from service.checks import CheckNotFound, enqueue_check, get_check, wait_for_checks
-from service.deployer import CheckStep, DeployError, StackValue, masked, refresh_result
+from service.deployer import CheckStep, masked, refresh_result
 from standin.engine import Engine
-from tests.service import fake_pulumi
 from tests.service.conftest import AUTH, PASSPHRASE, Worker, rows, wait_for
-from tests.service.test_automation_deployer import CONFIG, SECRETS, calls, cli  # noqa: F401
 
 DEPLOY = "/admin/servers/deploy-with-agent"
 DROPLET = "digitalocean:index/droplet:Droplet"
@@ -171,99 +167,6 @@ def test_a_refresh_result_never_holds_a_secret_value() -> None:
     ]
     assert "ghp_hidden" not in json.dumps(result)
     assert masked({"a": [marked]}) == "[secret]"
-
-
-# -- AutomationDeployer against the stand-in CLI -----------------------------------------------
-
-
-def deployer(tmp_path: Path) -> AutomationDeployer:
-    return AutomationDeployer(backend_url=f"file://{tmp_path}/state", passphrase="pp-7c1d")
-
-
-def test_automation_preview_reads_the_steps_from_the_engine_events(
-    cli: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    service = deployer(tmp_path)
-    service.up("web-1", CONFIG, lambda _line: None)
-    lines: list[str] = []
-    resized = {**CONFIG, "citrus-deploy:size": StackValue("s-1vcpu-1gb")}
-    moved = {**CONFIG, "citrus-deploy:region": StackValue("ams3")}
-
-    result = service.preview("web-1", resized, lines.append)
-    replaced = service.preview("web-1", moved, lambda _line: None)
-
-    steps = by_type(result)
-    assert (steps[DROPLET]["op"], steps[DROPLET]["diffs"]) == ("update", ["size"])
-    # The dynamic provider host names no changed keys: taken from the inputs, as the CLI shows.
-    assert (steps[SERVER_ROW]["op"], steps[SERVER_ROW]["diffs"]) == ("update", ["size"])
-    assert result["summary"] == {"create": 0, "update": 2, "replace": 0, "delete": 0, "same": 1}
-    assert by_type(replaced)[DROPLET]["op"] == "replace"
-    assert "Previewing update (web-1):" in lines
-    made = calls(cli)
-    (preview, _) = [c["words"] for c in made if c["words"][0] == "preview"]
-    assert preview[preview.index("--event-log") + 1].startswith("tcp://127.0.0.1:")
-    for call in made:
-        assert not [s for s in SECRETS if s in " ".join(call["argv"])], call["argv"]
-
-
-def test_automation_preview_of_a_new_stack_creates_it_for_the_preview_only(
-    cli: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    result = deployer(tmp_path).preview("web-1", CONFIG, lambda _line: None)
-
-    assert result["summary"]["create"] == 3
-    words = [c["words"][:2] for c in calls(cli)]
-    assert ["stack", "init"] in words
-    assert words[-1] == ["stack", "rm"]  # removed again: a check leaves no stack behind
-    assert json.loads((cli / "stacks.json").read_text()) == {}
-
-
-def test_automation_refresh_preview_reports_drift_with_old_and_new_values(
-    cli: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    service = deployer(tmp_path)
-    service.up("web-1", CONFIG, lambda _line: None)
-    state_before = (cli / "stacks.json").read_text()
-    (cli / "cloud.json").write_text(
-        json.dumps({DROPLET: None, SERVER_ROW: {"size": "s-2vcpu-4gb", "status": "active"}})
-    )
-
-    result = service.preview_refresh("web-1", CONFIG, lambda _line: None)
-
-    assert drifted(result) == {DROPLET: "delete", SERVER_ROW: "update"}
-    assert by_type(result)[SERVER_ROW]["diffs"] == [
-        {"key": "size", "old": "s-1vcpu-512mb-10gb", "new": "s-2vcpu-4gb"}
-    ]
-    (refresh,) = [c["words"] for c in calls(cli) if c["words"][0] == "refresh"]
-    assert refresh[:2] == ["refresh", "--preview-only"]
-    assert (cli / "stacks.json").read_text() == state_before
-
-
-def test_automation_refresh_preview_of_a_missing_stack_is_an_error(
-    cli: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    with pytest.raises(DeployError, match="no stack named 'gone-1' found") as raised:
-        deployer(tmp_path).preview_refresh("gone-1", CONFIG, lambda _line: None)
-
-    assert raised.value.transient is False
-    assert [c["words"][:2] for c in calls(cli)] == [["version"], ["stack", "select"]]
-
-
-def test_the_stand_in_cli_refuses_a_real_refresh(
-    cli: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    """It answers only what the checks ask; a refresh that would write state is not one."""
-    deployer(tmp_path).up("web-1", CONFIG, lambda _line: None)
-    stacks: dict[str, Any] = json.loads((cli / "stacks.json").read_text())
-
-    code = fake_pulumi.answer(["refresh", "--exec-kind", "local"], "web-1", stacks)
-
-    assert code == 2
 
 
 def test_waiting_for_checks_returns_the_finished_and_names_the_rest(service_db: str) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from service.automation import describe_event
 from service.child import run_in_child
+from service.cli_events import describe_event
 from service.deployer import DeployError, StackValue, looks_transient
 from standin.engine import Engine
 from tests.service.conftest import make_settings, rows
@@ -37,8 +37,23 @@ def test_a_child_that_fails_reports_the_program_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "transient"),
     [
-        ("error: the stack is currently locked by 1 lock(s)", True),
+        ("error: the stack is currently locked by 1 lock(s)", False),
         ("lost the connection to PostgreSQL at x: server closed", True),
+        (
+            'error: unable to open state database "postgres://u@db:5432/s": failed to ping '
+            "PostgreSQL: dial tcp db:5432: connect: connection refused",
+            True,
+        ),
+        (
+            "agent-server-droplet: Error creating droplet: POST https://api.digitalocean.com/v2/"
+            'droplets: 429 (request "a1b2") Too many requests',
+            True,
+        ),
+        (
+            "agent-server-droplet: Error creating droplet: POST https://api.digitalocean.com/v2/"
+            'droplets: 422 (request "a1b2") Region is not available',
+            False,
+        ),
         ("invalid configuration (1 field(s))", False),
     ],
 )

@@ -27,6 +27,7 @@ def _config(database: str, name: str) -> dict[str, StackValue]:
     token = os.environ.get("DIGITALOCEAN_TOKEN") or os.environ["DO_API_TOKEN"]
     return {
         "citrus-deploy:serverName": StackValue(name),
+        "citrus-deploy:tags": StackValue(["citrus-live-test"]),  # a list, typed as declared
         "citrus-deploy:engineWsUrl": StackValue("wss://engine.citrushost.io"),
         "citrus-deploy:databaseUrl": StackValue(database, secret=True),
         "citrus-deploy:githubToken": StackValue(os.environ.get("GITHUB_TOKEN", "x"), secret=True),
@@ -37,7 +38,9 @@ def _config(database: str, name: str) -> dict[str, StackValue]:
 def test_up_and_destroy_in_process(database: str, tmp_path: Path) -> None:
     name = f"live-{uuid.uuid4().hex[:8]}"
     deployer = AutomationDeployer(
-        backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(16)
+        backend_url=f"file://{tmp_path}/state",
+        work_dir=tmp_path / "work",
+        passphrase=secrets.token_hex(16),
     )
     lines: list[str] = []
     config = _config(database, name)
@@ -57,10 +60,11 @@ def test_the_child_process_runs_the_automation_api(database: str, tmp_path: Path
     name = f"live-{uuid.uuid4().hex[:8]}"
     options = {
         "deployer": "automation",
-        "backend_url": f"file://{tmp_path}",
+        "backend_url": f"file://{tmp_path}/state",
         "passphrase": secrets.token_hex(16),
         "passphrase_file": None,
         "step_delay": 0,
+        "work_dir": str(tmp_path / "work"),
     }
     lines: list[str] = []
 

@@ -220,13 +220,33 @@ def test_the_records_values_reach_the_stack_config_and_win(service_db: str, tmp_
     config = settings.stack_config(record)
 
     assert config[f"{PROJECT}:size"] == ("s-2vcpu-4gb", False)
-    assert config[f"{PROJECT}:tags"] == ('["web", "eu"]', False)
-    assert config[f"{PROJECT}:monitoring"] == ("true", False)
-    assert config[f"{PROJECT}:replaceOnBootScriptChange"] == ("false", False)
+    # Typed, as the project declares them: the deployer hands the CLI lists as lists.
+    assert config[f"{PROJECT}:tags"] == (["web", "eu"], False)
+    assert config[f"{PROJECT}:monitoring"] == (True, False)
+    assert config[f"{PROJECT}:replaceOnBootScriptChange"] == (False, False)
     assert config[f"{PROJECT}:engineWsUrl"] == ("wss://gitops.example.com/ws", False)
     assert config["digitalocean:apiEndpoint"] == ("http://127.0.0.1:9/", False)
     assert config[f"{PROJECT}:githubToken"] == ("ghp_service", True)
     assert f"{PROJECT}:digitalocean:apiEndpoint" not in config
+
+
+@pytest.mark.parametrize(
+    ("keys", "tags"),
+    [('["12345", "aa:bb"]', '["citrus"]'), ("12345, aa:bb", "citrus")],
+    ids=["json", "comma-separated"],
+)
+def test_the_services_ssh_keys_and_tags_reach_every_stack_that_sets_none(
+    service_db: str, tmp_path: Path, keys: str, tags: str
+) -> None:
+    settings = make_settings(service_db, tmp_path, CITRUS_SSH_KEYS=keys, CITRUS_DROPLET_TAGS=tags)
+
+    http = settings.stack_config({"serverName": "web-1"})
+    gitops = settings.stack_config({"serverName": "git-1", "tags": ["eu"], "sshKeys": []})
+
+    assert http[f"{PROJECT}:sshKeys"] == (["12345", "aa:bb"], False)
+    assert http[f"{PROJECT}:tags"] == (["citrus"], False)
+    assert gitops[f"{PROJECT}:tags"] == (["eu"], False)  # a file's own value wins
+    assert gitops[f"{PROJECT}:sshKeys"] == ([], False)
 
 
 def test_secrets_come_from_the_service_never_from_a_record(service_db: str, tmp_path: Path) -> None:
