@@ -247,12 +247,14 @@ def _preview(conn: Any, servers: list[Any], timeout: float, watch: Callable[[], 
     )
     for check_id, check in done.items():
         body = check.get("result") or {}
-        queued[check_id].preview = {
-            "state": check["state"],
-            "summary": body.get("summary"),
-            "steps": body.get("steps"),
-            "error": check.get("error"),
-        }
+        queued[check_id].take_preview(
+            {
+                "state": check["state"],
+                "summary": body.get("summary"),
+                "steps": body.get("steps"),
+                "error": check.get("error"),
+            }
+        )
     for check_id in unfinished:
         queued[check_id].preview = {
             "state": "timeout",

@@ -252,10 +252,24 @@ def plan_errors(plan: Mapping[str, Any]) -> list[str]:
 
 
 def _actions(plan: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Each server's action as the plan's own rules give it (an engine preview's replace is
+    the update those rules saw), with its config."""
     return {
-        s["name"]: (s["action"], json.dumps(s.get("config"), sort_keys=True))
+        s["name"]: (
+            "update" if s.get("engineReplace") else s["action"],
+            json.dumps(s.get("config"), sort_keys=True),
+        )
         for s in plan["servers"]
     }
+
+
+def engine_replaces(given: Mapping[str, Any], ups: list[Target]) -> list[Target]:
+    """The targets, each a replace where the given plan's engine preview said so."""
+    replaced = {s["name"] for s in given["servers"] if s.get("engineReplace")}
+    return [
+        Target(t.name, "replace", t.config) if t.name in replaced and t.action == "update" else t
+        for t in ups
+    ]
 
 
 def stale_plan_error(given: Mapping[str, Any], fresh: Mapping[str, Any]) -> str | None:
@@ -530,6 +544,7 @@ def _apply(args: argparse.Namespace) -> int:
     conninfo = database_url()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         plan = fresh_plan(conn, Path(args.dir), _opt(args, "repository"))
+        given: dict[str, Any] | None = None
         if _opt(args, "plan"):
             given = json.loads(Path(args.plan).read_text())
             stale = stale_plan_error(given, plan)
@@ -541,6 +556,8 @@ def _apply(args: argparse.Namespace) -> int:
                 f"the plan has {len(errors)} error(s); fix them first:\n  " + "\n  ".join(errors)
             )
         ups, destroys, skipped = targets_of(plan, prune=bool(_opt(args, "prune", False)))
+        if given is not None:  # what the engine's previews said, made at this very commit
+            ups = engine_replaces(given, ups)
         if _opt(args, "retry_failed", False):
             ups, destroys = retry_targets(conn, plan, ups, destroys)
         refused = blast_radius_error([*ups, *destroys], len(plan["servers"]), args_allow(args))

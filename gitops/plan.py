@@ -56,6 +56,7 @@ class ServerPlan:
     adopt: bool = False
     prune: bool = False
     preview: dict[str, Any] | None = None  # the engine's preview, with `plan --preview`
+    engine_replace: bool = False  # the preview replaces a resource the plan only updates
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -72,7 +73,23 @@ class ServerPlan:
         }
         if self.preview is not None:
             entry["preview"] = self.preview
+        if self.engine_replace:
+            entry["engineReplace"] = True
         return entry
+
+    def take_preview(self, preview: dict[str, Any]) -> None:
+        """Records the engine's preview; where the engine replaces what the plan's own rules
+        only update (a provider's force-new field, a program change), the engine's word wins:
+        the server is a replace, which the blast-radius guard counts."""
+        self.preview = preview
+        replaced = [
+            step["urn"].rsplit("::", 1)[-1]
+            for step in preview.get("steps") or []
+            if step.get("op") == "replace"
+        ]
+        if self.action == "update" and replaced:
+            self.action, self.engine_replace = "replace", True
+            self.reasons.append(f"the engine's preview replaces {', '.join(sorted(replaced))}")
 
 
 @dataclass
