@@ -6,6 +6,8 @@ Cloud to log in to, so a wrong scheme would surface only as a failed deployment.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.settings import SettingsError, load_settings
@@ -55,3 +57,22 @@ def test_an_unknown_scheme_is_refused_naming_the_accepted_ones(url: str) -> None
     assert "PULUMI_BACKEND_URL" in message
     for scheme in ("file://", "s3://", "gs://", "azblob://", "postgres://", "https://"):
         assert scheme in message
+
+
+def test_a_worker_outside_a_virtual_environment_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI runs the program with the worker's own environment (the work directory's
+    `virtualenv`); a system interpreter would make the CLI create one and pip-install there."""
+    import sys
+
+    settings = load_settings(
+        **BASE,
+        CITRUS_DEPLOYER="automation",
+        PULUMI_CONFIG_PASSPHRASE="pp",
+        CITRUS_STATE_DIR=str(tmp_path),
+    )
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)
+
+    with pytest.raises(SettingsError, match="not a virtual environment"):
+        settings.check_deployer()
