@@ -29,10 +29,10 @@ from typing import Any
 import psycopg
 import yaml
 
-from citrus.program import program_hash
-from db.__main__ import migrate
-from gitops.__main__ import main as gitops_main
-from standin.pg import PgServer
+from citrus_deploy.gitops.cli import main as gitops_main
+from citrus_deploy.program.fingerprint import program_hash
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.store.migrate import migrate
 
 REGIONS = ("sfo3", "nyc3", "ams3", "fra1")
 ROLES = ("web", "worker", "builder")

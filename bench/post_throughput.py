@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from standin.pg import PgServer, free_port
+from citrus_deploy.standin.pg import PgServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"  # noqa: S105 (throwaway server)
@@ -130,11 +130,16 @@ def main() -> None:
             "CITRUS_DB_POOL_SIZE": "10",
             "CITRUS_MAX_QUEUED": "0",  # no worker runs: the queue only grows
         }
-        subprocess.run([sys.executable, "-m", "service", "migrate"], env=env, check=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "citrus_deploy", "service", "migrate"],
+            env=env,
+            check=True,
+            cwd=ROOT,
+        )
         service_port, bare_port = free_port(), free_port()
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "service", "web"],
+                [sys.executable, "-m", "citrus_deploy", "service", "web"],
                 env={**env, "CITRUS_PORT": str(service_port)},
                 cwd=ROOT,
                 stderr=subprocess.DEVNULL,

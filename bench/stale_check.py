@@ -25,10 +25,10 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from db import queries
-from db.__main__ import migrate
-from service import stale
-from standin.pg import PgServer
+from citrus_deploy.queue import stale
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.store import queries
+from citrus_deploy.store.migrate import migrate
 
 BARE_AGENTS = (
     "UPDATE agents SET status = 'failed' "

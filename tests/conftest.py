@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from db.__main__ import migrate
-from service.migrate import migrate as migrate_service
-from standin.cli import install_launcher
-from standin.pg import PgServer
+from citrus_deploy.standin.cli import install_launcher
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.store.migrate import migrate
+from citrus_deploy.store.queue_schema import migrate as migrate_service
 
 TEMPLATE_DB = "citrus_template"
 SERVICE_TEMPLATE = "citrus_service_template"

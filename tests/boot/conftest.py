@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from standin.pg import PgServer
+from citrus_deploy.standin.pg import PgServer
 from tests.boot.image import FLAVOURS, ImageError, image_path
 from tests.boot.standins.gitserver import GitServer
 from tests.boot.standins.hub import Hub

@@ -1,6 +1,7 @@
 """The real boot: config -> program -> user_data -> Debian 12, systemd, cloud-init -> online.
 
-The program runs under standin/engine.py (the stand-in for the Pulumi engine and DigitalOcean) and
+The program runs under citrus_deploy.standin.engine (the stand-in for the Pulumi engine and
+DigitalOcean) and
 writes its rows to the test PostgreSQL; the droplet's `user_data` it produced is booted with a
 NoCloud seed in a systemd-nspawn container (tests/boot/runner.py). At the boundary: a Git server
 that serves the stand-in agent only to the right token, and a hub double that checks id and key
@@ -17,15 +18,16 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from service import stale
-from standin.engine import ROOT, Engine, stack_config
-from standin.wire import reveal
+from citrus_deploy.queue import stale
+from citrus_deploy.standin.engine import Engine, stack_config
+from citrus_deploy.standin.wire import reveal
 from tests.boot import timings
 from tests.boot.old_script import render_old_script
 from tests.boot.runner import BootResult, Machine
 from tests.boot.standins.gitserver import GitServer
 from tests.boot.standins.hub import Hub
 from tests.boot.standins.reports import ReportService
+from tests.paths import REPO
 
 pytestmark = pytest.mark.boot
 
@@ -94,7 +96,7 @@ def deploy(
     ) -> Deployment:
         name = f"boot-{secrets.token_hex(4)}"
         config = stack_config(
-            ROOT / "Pulumi.dev.yaml",
+            REPO / "Pulumi.dev.yaml",
             serverName=name,
             engineWsUrl=hub.url + ws_path,
             agentRepoUrl=repo_url or git.url,

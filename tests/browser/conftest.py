@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from standin.engine import ROOT
-from standin.pg import free_port
+from citrus_deploy.standin.pg import free_port
 from tests.browser.chrome import missing
+from tests.paths import REPO
 from tests.service.conftest import Worker, launch_worker, starter
 
 REASON = missing()
@@ -68,8 +68,8 @@ class Web:
         clean = {k: v for k, v in os.environ.items() if k not in env}
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "web"],
-                cwd=ROOT,
+                [sys.executable, "-m", "citrus_deploy", "service", "web"],
+                cwd=REPO,
                 env={**clean, **env, "CITRUS_PORT": str(self.port)},
                 stdout=out,
                 stderr=subprocess.STDOUT,

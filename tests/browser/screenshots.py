@@ -21,15 +21,15 @@ from typing import Any
 import httpx
 import psycopg
 
-from service import boot_reports
-from service.migrate import migrate
-from standin.engine import ROOT
-from standin.pg import PgServer
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.web import boot_reports
 from tests.browser.chrome import chrome, missing
 from tests.browser.conftest import Web
+from tests.paths import REPO
 from tests.service.conftest import AUTH, TOKEN, Worker, service_env
 
-OUT = ROOT / "docs" / "screenshots"
+OUT = REPO / "docs" / "screenshots"
 FETCH_FAILURE = (
     "citrus-init: step: fetch agent https://github.com/citrushost/agent.git at main\n"
     "Cloning into '/opt/citrus-agent'...\n"
@@ -145,8 +145,8 @@ def main() -> int:
             report_failed_boot(web, database, "db-1")
             check_env = {**os.environ, "DATABASE_URL": database}
             subprocess.run(
-                [sys.executable, "-m", "service", "stale-check"],
-                cwd=ROOT,
+                [sys.executable, "-m", "citrus_deploy", "service", "stale-check"],
+                cwd=REPO,
                 env=check_env,
                 check=True,
                 capture_output=True,

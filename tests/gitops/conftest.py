@@ -23,7 +23,7 @@ import psycopg
 import pytest
 import yaml
 
-from gitops.__main__ import main as gitops_main
+from citrus_deploy.gitops.cli import main as gitops_main
 from tests.service.conftest import Worker, service_env, wait_for
 
 REPO = "acme/fleet"

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from gitops import state
-from gitops.apply import BUSY, fresh_plan
-from gitops.workers import NoWorkers, ServiceWorkersWatch
+from citrus_deploy.gitops import state
+from citrus_deploy.gitops.apply import BUSY, fresh_plan
+from citrus_deploy.gitops.workers import NoWorkers, ServiceWorkersWatch
 from tests.conftest import insert_server
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query, table
 from tests.service.conftest import Worker

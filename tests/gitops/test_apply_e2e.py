@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gitops import state
+from citrus_deploy.gitops import state
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query, table
 
 NAMES = tuple(f"web-{i:02d}" for i in range(1, 21))

@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gitops.drift import describe
-from standin import fakes
+from citrus_deploy.gitops.drift import describe
+from citrus_deploy.standin import fakes
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query
 
 

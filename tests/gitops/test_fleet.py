@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gitops.__main__ import main
-from gitops.fleet import ProgramRules, read_fleet, whole_load_errors
+from citrus_deploy.gitops.cli import main
+from citrus_deploy.gitops.fleet import ProgramRules, read_fleet, whole_load_errors
 from tests.gitops.conftest import FleetRepo
 
 SIZE_RULE = "must be a DigitalOcean size slug such as 's-1vcpu-512mb-10gb'"

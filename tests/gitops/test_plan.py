@@ -9,11 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from components.agent_server import REPLACE_KEYS
-from gitops.__main__ import main
-from gitops.fleet import read_fleet
-from gitops.plan import Plan, ServerPlan, forces_replace, make_plan
-from gitops.state import Deployed
+from citrus_deploy.gitops.cli import main
+from citrus_deploy.gitops.fleet import read_fleet
+from citrus_deploy.gitops.plan import Plan, ServerPlan, forces_replace, make_plan
+from citrus_deploy.gitops.state import Deployed
+from citrus_deploy.program.component import REPLACE_KEYS
 from tests.conftest import insert_server
 from tests.gitops.conftest import FleetRepo
 
@@ -412,7 +412,7 @@ def test_plan_reads_what_gitops_applied(
     database: str,
 ) -> None:
     """The service's record (deployments rows) is what the files are compared with."""
-    from citrus.program import ROOT, program_hash
+    from citrus_deploy.program.fingerprint import PACKAGE, program_hash
 
     fleet_repo.write("web-1", size="s-1vcpu-1gb")
     fleet_repo.write("web-2", size="s-1vcpu-1gb")
@@ -435,7 +435,7 @@ def test_plan_reads_what_gitops_applied(
                     source,
                     repository,
                     commit if source == "gitops" else None,
-                    program_hash(ROOT) if source == "gitops" else None,
+                    program_hash(PACKAGE) if source == "gitops" else None,
                 ),
             )
     assert run_plan(fleet_repo, monkeypatch, database, "--json", "-", "--repository", REPO) == 0

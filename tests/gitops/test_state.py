@@ -15,11 +15,11 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from db import queries
-from db.__main__ import migrate
-from gitops import state
-from gitops.state import Deployed, gitops_state, load_deployed
-from service.deployments import NotFound
+from citrus_deploy.gitops import state
+from citrus_deploy.gitops.state import Deployed, gitops_state, load_deployed
+from citrus_deploy.store import queries
+from citrus_deploy.store.deployments import NotFound
+from citrus_deploy.store.migrate import migrate
 from tests.conftest import insert_server
 
 REPO = "acme/fleet"

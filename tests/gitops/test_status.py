@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gitops.state import Deployed
-from gitops.status import NOT_APPLIED, render, rows
+from citrus_deploy.gitops.state import Deployed
+from citrus_deploy.gitops.status import NOT_APPLIED, render, rows
 
 REPO = "acme/fleet"
 

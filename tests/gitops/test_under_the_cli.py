@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from gitops.apply import blast_radius_error, engine_replaces, stale_plan_error, targets_of
-from gitops.plan import ServerPlan
-from standin.fakes import droplets
+from citrus_deploy.gitops.apply import (
+    blast_radius_error,
+    engine_replaces,
+    stale_plan_error,
+    targets_of,
+)
+from citrus_deploy.gitops.plan import ServerPlan
+from citrus_deploy.standin.fakes import droplets
 from tests.conftest import Cli
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitops.apply import (
+from citrus_deploy.gitops.apply import (
     BUSY,
     CANARY,
     DESTROY,

@@ -30,8 +30,8 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 SCRIPTS = ROOT / ".github" / "scripts"
 VENV_BIN = Path(sys.executable).parent
 NAMES = ("gitops-plan", "gitops-apply", "gitops-drift")
-PROGRAM_PATHS = {"Pulumi.yaml", "__main__.py", "requirements.txt", "citrus/**", "components/**"}
-PROGRAM_PATHS |= {"cloud_init/**", "db/**", "gitops/**", "service/**"}
+# The program and the package that runs it (src/ holds all of it; pyproject its dependencies).
+PROGRAM_PATHS = {"Pulumi.yaml", "__main__.py", "requirements.txt", "pyproject.toml", "src/**"}
 MARKER = "<!-- citrus-gitops-plan -->"
 
 
@@ -114,7 +114,9 @@ def test_plan_is_made_for_the_head_commit_and_kept() -> None:
     checkout = next(s for s in steps(workflow) if s.get("uses", "").startswith("actions/checkout"))
     assert checkout["with"]["ref"] == "${{ github.event.pull_request.head.sha }}"
     plan = step(workflow, "Plan")
-    assert plan["run"] == ('python -m gitops plan "$FLEET_DIR" --json plan.json --markdown plan.md')
+    assert plan["run"] == (
+        'citrus-deploy gitops plan "$FLEET_DIR" --json plan.json --markdown plan.md'
+    )
     assert "plan.md" in step(workflow, "Job summary")["run"]
     assert "$GITHUB_STEP_SUMMARY" in step(workflow, "Job summary")["run"]
     upload = step(workflow, "Upload the plan")
@@ -255,9 +257,11 @@ def allowed(words: list[str]) -> bool:
     first = words[0]
     if first in TOOLS or first.startswith(("scripts/", ".github/scripts/")):
         return True
+    if first == "citrus-deploy":
+        return words[1:2] == ["gitops"]
     if first in ("python", ".venv/bin/python"):
         rest = words[1:3]
-        return rest in (["-m", "gitops"], ["-m", "venv"], ["-m", "pip"]) or rest[:1] == [
+        return rest in (["-m", "venv"], ["-m", "pip"]) or rest[:1] == [
             ".github/scripts/pr_comment.py"
         ]
     return False
@@ -268,7 +272,7 @@ def test_the_command_reader_sees_every_command() -> None:
         """\
         args=(apply "$X" --plan p)  # a comment
         if [[ -n $Y ]]; then args+=(--prune); fi
-        python -m gitops "${args[@]}" 2>&1 | tee apply.log
+        citrus-deploy gitops "${args[@]}" 2>&1 | tee apply.log
         { echo a; cat b; } >> "$OUT"
         curl -s https://example.invalid \\
           -o x
@@ -276,7 +280,7 @@ def test_the_command_reader_sees_every_command() -> None:
     )
     assert list(commands(script)) == [
         ["[[", "-n", "$Y", "]]"],
-        ["python", "-m", "gitops", "${args[@]}", "2"],
+        ["citrus-deploy", "gitops", "${args[@]}", "2"],
         ["tee", "apply.log"],
         ["echo", "a"],
         ["cat", "b"],
@@ -291,15 +295,15 @@ def test_steps_run_only_our_commands_and_standard_tools(name: str) -> None:
         for words in commands(s.get("run", "")):
             assert allowed(words), (s.get("name"), words)
             found.append(words[:3])
-    assert ["python", "-m", "gitops"] in found
+    assert ["citrus-deploy", "gitops"] in [words[:2] for words in found]
 
 
 def run_step(
     tmp_path: Path, workflow: str, name: str, env: dict[str, str], code: int = 0
 ) -> tuple[int, list[str]]:
-    """Runs a step's script as GitHub does (bash -eo pipefail) with a fake `python` on PATH
-    that records its arguments; returns the exit code and those arguments."""
-    fake = tmp_path / "bin" / "python"
+    """Runs a step's script as GitHub does (bash -eo pipefail) with a fake `citrus-deploy` on
+    PATH that records its arguments; returns the exit code and those arguments."""
+    fake = tmp_path / "bin" / "citrus-deploy"
     fake.parent.mkdir(exist_ok=True)
     fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\nexit {code}\n')
     fake.chmod(0o755)
@@ -324,7 +328,15 @@ APPLY_DEFAULTS = {
 
 
 def test_apply_prunes_only_when_chosen(tmp_path: Path) -> None:
-    base = ["-m", "gitops", "apply", "fleet", "--plan", "plan.json", "--json", "apply.json"]
+    base = [
+        "gitops",
+        "apply",
+        "fleet",
+        "--plan",
+        "plan.json",
+        "--json",
+        "apply.json",
+    ]
     assert run_step(tmp_path, "gitops-apply", "Apply", APPLY_DEFAULTS) == (0, base)
     chosen = {**APPLY_DEFAULTS, "GITOPS_PRUNE": "true", "GITOPS_ALLOW_DESTROY": "7"}
     chosen |= {"GITOPS_RETRY_FAILED": "true", "GITOPS_WORKERS": "3"}
@@ -343,7 +355,7 @@ def test_a_failed_apply_fails_the_job_and_keeps_its_table(tmp_path: Path) -> Non
 def test_drift_fails_the_job_when_a_server_drifted(tmp_path: Path) -> None:
     assert run_step(tmp_path, "gitops-drift", "Drift", {"GITOPS_WORKERS": ""}, code=1) == (
         1,
-        ["-m", "gitops", "drift", "fleet"],
+        ["gitops", "drift", "fleet"],
     )
     code, argv = run_step(tmp_path, "gitops-drift", "Drift", {"GITOPS_WORKERS": "2"})
     assert (code, argv[-2:]) == (0, ["--workers", "2"])

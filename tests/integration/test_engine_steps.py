@@ -14,9 +14,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from standin.engine import ROOT, Engine, EngineError, Result, StackConfig, stack_config
-from standin.fakes import accept_only, droplets
-from standin.wire import UNKNOWN, reveal
+from citrus_deploy.standin.engine import Engine, EngineError, Result, StackConfig, stack_config
+from citrus_deploy.standin.fakes import accept_only, droplets
+from citrus_deploy.standin.wire import UNKNOWN, reveal
+from tests.paths import REPO
 
 AGENT_ROW = "pulumi-python:dynamic/citrus:AgentRow"
 SERVER_ROW = "pulumi-python:dynamic/citrus:ServerRow"
@@ -32,7 +33,7 @@ def config(database: str, **overrides: Any) -> StackConfig:
         "databaseUrl": database,
         "digitalocean:token": OLD_TOKEN,
     }
-    return stack_config(ROOT / "Pulumi.dev.yaml", **{**secrets, **overrides})
+    return stack_config(REPO / "Pulumi.dev.yaml", **{**secrets, **overrides})
 
 
 def ops(result: Result) -> dict[str, str]:
@@ -203,8 +204,8 @@ def test_a_destroy_stopped_half_way_is_finished_by_the_next_destroy(
     """A destroy stopped half-way (its worker died) is retried. With the agent key already
     deleted the program cannot run (it renders the boot script from the key): the deployer
     then destroys what the checkpoint still holds without it, as `pulumi destroy` does."""
-    from service.deployer import StackValue
-    from service.standin_deployer import StandInDeployer
+    from citrus_deploy.engine.deployer import StackValue
+    from citrus_deploy.engine.standin import StandInDeployer
 
     engine = Engine(tmp_path / "state", passphrase=PASSPHRASE)
     engine.up("dev", config(database))

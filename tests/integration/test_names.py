@@ -14,12 +14,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from citrus.errors import RowConflict
-from db.__main__ import migrate
-from db.provider import AgentRowProvider, ServerRowProvider
-from standin.engine import ROOT, Engine, EngineError, stack_config
+from citrus_deploy.errors import RowConflict
+from citrus_deploy.program.rows import AgentRowProvider, ServerRowProvider
+from citrus_deploy.standin.engine import Engine, EngineError, stack_config
+from citrus_deploy.store.migrate import migrate
 from tests.conftest import insert_server
 from tests.integration.test_provider import agent_props, configured, server_props
+from tests.paths import REPO
 
 SERVER_ROW = "pulumi-python:dynamic/citrus:ServerRow"
 
@@ -76,7 +77,7 @@ def test_a_second_stack_in_another_case_gets_no_servers_row(database: str, tmp_p
             "databaseUrl": database,
             "digitalocean:token": "dop_v1_names",
         }
-        return stack_config(ROOT / "Pulumi.dev.yaml", serverName=stack, **secrets)
+        return stack_config(REPO / "Pulumi.dev.yaml", serverName=stack, **secrets)
 
     engine.up("WEB-UP", config("WEB-UP"))
     with pytest.raises(EngineError, match=r"a server named 'WEB-UP' already exists"):

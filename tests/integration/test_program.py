@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from standin.engine import (
-    ROOT,
+from citrus_deploy.program import PROJECT_DIR
+from citrus_deploy.standin.engine import (
     Engine,
     EngineError,
     Registration,
@@ -21,8 +21,9 @@ from standin.engine import (
     StackConfig,
     stack_config,
 )
-from standin.provider_host import ProviderHost
-from standin.wire import reveal as unwrap
+from citrus_deploy.standin.provider_host import ProviderHost
+from citrus_deploy.standin.wire import reveal as unwrap
+from tests.paths import REPO
 
 AGENT_SERVER = "citrus:index:AgentServer"
 AGENT_ROW = "pulumi-python:dynamic/citrus:AgentRow"
@@ -50,7 +51,7 @@ def dev_config(database: str, **overrides: Any) -> StackConfig:
         "databaseUrl": with_password(database),
         "digitalocean:token": DO_TOKEN,
     }
-    return stack_config(ROOT / "Pulumi.dev.yaml", **{**secrets, **overrides})
+    return stack_config(REPO / "Pulumi.dev.yaml", **{**secrets, **overrides})
 
 
 def rows(conninfo: str, table: str) -> list[dict[str, Any]]:
@@ -94,7 +95,7 @@ def test_dev_stack_writes_the_contract_rows(deployed: Result, database: str) -> 
 
 def test_a_retried_create_leaves_one_row_in_each_table(deployed: Result, database: str) -> None:
     """A crash between the insert and the state write makes the engine call create again."""
-    with ProviderHost(ROOT, "citrus-deploy") as host:
+    with ProviderHost(PROJECT_DIR, "citrus-deploy") as host:
         host.configure(dev_config(database).wire())
         for typ in (AGENT_ROW, SERVER_ROW):
             reg = one(deployed, typ)

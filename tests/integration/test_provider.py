@@ -13,9 +13,9 @@ from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 from pulumi.dynamic.dynamic import serialize_provider
 
-from citrus.errors import DatabaseError, DatabaseUnreachable, RowConflict, SchemaMissing
-from db.provider import AgentRowProvider, ServerRowProvider
-from standin.pg import PgServer
+from citrus_deploy.errors import DatabaseError, DatabaseUnreachable, RowConflict, SchemaMissing
+from citrus_deploy.program.rows import AgentRowProvider, ServerRowProvider
+from citrus_deploy.standin.pg import PgServer
 
 KEY = "ab" * 32
 OTHER_KEY = "cd" * 32
@@ -190,7 +190,7 @@ def test_unreachable_database_says_so_and_what_to_do() -> None:
 def test_missing_schema_says_how_to_apply_it(pg_server: PgServer) -> None:
     provider = configured(AgentRowProvider(), pg_server.conninfo("postgres"))
 
-    with pytest.raises(SchemaMissing, match="python -m db migrate"):
+    with pytest.raises(SchemaMissing, match="citrus-deploy db migrate"):
         provider.create(agent_props())
 
 

@@ -12,12 +12,14 @@ import psycopg
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
-from db.provider import AgentRowProvider, ServerRowProvider
-from standin.engine import PROJECT, ROOT
-from standin.provider_host import ProviderError, ProviderHost
-from standin.wire import UNKNOWN, secret
+from citrus_deploy.program import PROJECT_DIR
+from citrus_deploy.program.rows import AgentRowProvider, ServerRowProvider
+from citrus_deploy.standin.engine import PROJECT
+from citrus_deploy.standin.provider_host import ProviderError, ProviderHost
+from citrus_deploy.standin.wire import UNKNOWN, secret
+from tests.paths import REPO
 
-PICKLES = json.loads((ROOT / "tests/fixtures/provider_pickles.json").read_text())
+PICKLES = json.loads((REPO / "tests/fixtures/provider_pickles.json").read_text())
 AGENT_URN = f"urn:pulumi:dev::{PROJECT}::pulumi-python:dynamic/citrus:AgentRow::row"
 KEY = "ef" * 32
 
@@ -29,7 +31,7 @@ def agent_props(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def host(database: str) -> Any:
-    with ProviderHost(ROOT, PROJECT) as started:
+    with ProviderHost(PROJECT_DIR, PROJECT) as started:
         started.configure({f"{PROJECT}:databaseUrl": secret(database)})
         yield started
 

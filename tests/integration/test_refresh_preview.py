@@ -15,9 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from standin.engine import ROOT, Engine, Result, StackConfig, Step, stack_config
-from standin.fakes import droplets
-from standin.wire import is_secret, reveal
+from citrus_deploy.standin.engine import Engine, Result, StackConfig, Step, stack_config
+from citrus_deploy.standin.fakes import droplets
+from citrus_deploy.standin.wire import is_secret, reveal
+from tests.paths import REPO
 
 SERVER_ROW = "pulumi-python:dynamic/citrus:ServerRow"
 AGENT_ROW = "pulumi-python:dynamic/citrus:AgentRow"
@@ -31,7 +32,7 @@ def config(database: str, **overrides: Any) -> StackConfig:
         "databaseUrl": database,
         "digitalocean:token": "dop_v1_refresh_preview",
     }
-    return stack_config(ROOT / "Pulumi.dev.yaml", **{**secrets, **overrides})
+    return stack_config(REPO / "Pulumi.dev.yaml", **{**secrets, **overrides})
 
 
 def step(result: Result, typ: str) -> Step:

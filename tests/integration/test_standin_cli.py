@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.automation import write_work_dir
+from citrus_deploy.engine.automation import write_work_dir
 from tests.conftest import Cli
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from standin.engine import ROOT
+from tests.paths import REPO
 
 pytestmark = pytest.mark.live
 
@@ -31,7 +31,7 @@ def stack(database: str, tmp_path: Path) -> Iterator[object]:
     }
     name = f"live-{uuid.uuid4().hex[:8]}"
     ws = auto.LocalWorkspaceOptions(env_vars=env)
-    stack = auto.create_stack(stack_name=name, work_dir=str(ROOT), opts=ws)
+    stack = auto.create_stack(stack_name=name, work_dir=str(REPO), opts=ws)
     token = os.environ.get("DIGITALOCEAN_TOKEN") or os.environ["DO_API_TOKEN"]
     stack.set_config("digitalocean:token", auto.ConfigValue(token, secret=True))
     stack.set_config("databaseUrl", auto.ConfigValue(database, secret=True))

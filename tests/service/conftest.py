@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.migrate import migrate
-from service.settings import Settings, load_settings
-from standin.engine import ROOT
-from standin.pg import PgServer
+from citrus_deploy.settings import Settings, load_settings
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.web.app import create_app
 from tests.conftest import create_database as create_database  # re-exported: modules import it
+from tests.paths import REPO
 
 TOKEN = "test-admin-token-0123456789abcdef"
 PASSPHRASE = "stand-in-passphrase-0f3c"
@@ -78,7 +78,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 class Worker:
     """`python -m service worker` in a process of its own (killable like a real one)."""
 
-    def __init__(self, env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
+    def __init__(self, env: dict[str, str], log: Path, cwd: Path = REPO) -> None:
         self.env = env
         self.log = log
         self.cwd = cwd  # the checkout (or install) it runs from
@@ -88,7 +88,7 @@ class Worker:
         clean = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARS}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "worker"],
+                [sys.executable, "-m", "citrus_deploy", "service", "worker"],
                 cwd=self.cwd,
                 env={**clean, **self.env},
                 stdout=out,

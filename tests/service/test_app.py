@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service import deployments
-from service.app import create_app
-from service.settings import SettingsError, load_settings
+from citrus_deploy.settings import SettingsError, load_settings
+from citrus_deploy.store import deployments
+from citrus_deploy.web.app import create_app
 from tests.conftest import insert_server
 from tests.service.conftest import AUTH, TOKEN, make_settings, rows, service_env
 

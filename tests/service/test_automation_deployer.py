@@ -24,12 +24,14 @@ import psycopg
 import pytest
 import yaml
 
-from service.automation import AutomationDeployer
-from service.child import run_in_child
-from service.deployer import ROOT, DeployError, StackValue
-from standin.cli.commands import VERSION
-from standin.fakes import accept_only, droplets
+from citrus_deploy.engine.automation import AutomationDeployer
+from citrus_deploy.engine.child import run_in_child
+from citrus_deploy.engine.deployer import DeployError, StackValue
+from citrus_deploy.program import PROJECT_DIR
+from citrus_deploy.standin.cli.commands import VERSION
+from citrus_deploy.standin.fakes import accept_only, droplets
 from tests.conftest import Cli
+from tests.paths import REPO
 
 GITHUB_TOKEN = "ghp_" + "T" * 36
 DO_TOKEN = "dop_v1_" + "d" * 64
@@ -164,7 +166,7 @@ def test_the_stand_in_refuses_what_it_does_not_know(cli: Cli, tmp_path: Path) ->
             capture_output=True,
             text=True,
             check=False,
-            cwd=ROOT,
+            cwd=REPO,
         )
         assert done.returncode == 1, (words, done.stderr)
         assert done.stderr.startswith(said), done.stderr
@@ -250,7 +252,7 @@ def test_lists_set_as_json_text_are_refused_as_the_real_cli_refuses_them(
 def _git_status() -> str:
     done = subprocess.run(
         ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
@@ -263,7 +265,7 @@ def test_a_deployment_writes_nothing_into_the_checkout(
 ) -> None:
     """Not even for a stack named like the checkout's example: its Pulumi.dev.yaml is neither
     read nor written; stack files live in the work directory."""
-    before, example = _git_status(), (ROOT / "Pulumi.dev.yaml").read_bytes()
+    before, example = _git_status(), (REPO / "Pulumi.dev.yaml").read_bytes()
     service = deployer(tmp_path)
 
     service.up("dev", config(database, "dev"), quiet)
@@ -271,11 +273,11 @@ def test_a_deployment_writes_nothing_into_the_checkout(
     service.destroy("dev", config(database, "dev"), quiet)
 
     assert _git_status() == before
-    assert (ROOT / "Pulumi.dev.yaml").read_bytes() == example
+    assert (REPO / "Pulumi.dev.yaml").read_bytes() == example
     stack_calls = [call for call in cli.calls() if call["words"] != ["version"]]
     assert {call["cwd"] for call in stack_calls} == {str(tmp_path / "work")}
     made = yaml.safe_load((tmp_path / "work" / "Pulumi.yaml").read_text())
-    assert made["main"] == str(ROOT)
+    assert made["main"] == str(PROJECT_DIR)  # the package's, not the checkout's
     assert made["runtime"]["options"]["virtualenv"] == sys.prefix
 
 
@@ -526,7 +528,7 @@ def test_a_failed_step_is_told_from_the_engines_diagnostics(
 def test_an_unreachable_state_database_is_worth_a_retry(
     cli: Cli, tmp_path: Path, database: str
 ) -> None:
-    from standin.pg import free_port
+    from citrus_deploy.standin.pg import free_port
 
     url = f"postgres://pulumi:state-pw-91@127.0.0.1:{free_port()}/pulumi_state"
 

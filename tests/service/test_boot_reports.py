@@ -16,9 +16,10 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from service import boot_reports, stale
-from service.app import create_app
-from service.boot_reports import MAX_REPORTS_PER_AGENT, MAX_REPORTS_PER_MINUTE, sign
+from citrus_deploy.queue import stale
+from citrus_deploy.web import boot_reports
+from citrus_deploy.web.app import create_app
+from citrus_deploy.web.boot_reports import MAX_REPORTS_PER_AGENT, MAX_REPORTS_PER_MINUTE, sign
 from tests.service.conftest import AUTH, make_settings, rows
 
 KEY = secrets.token_hex(32)

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from service.checks import CheckNotFound, enqueue_check, get_check, wait_for_checks
-from service.deployer import CheckStep, masked, refresh_result
-from standin.engine import Engine
+from citrus_deploy.engine.deployer import CheckStep, masked, refresh_result
+from citrus_deploy.queue.checks import CheckNotFound, enqueue_check, get_check, wait_for_checks
+from citrus_deploy.standin.engine import Engine
 from tests.service.conftest import AUTH, PASSPHRASE, Worker, rows, wait_for
 
 DEPLOY = "/admin/servers/deploy-with-agent"

@@ -11,9 +11,9 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from service import console
-from service.app import create_app
-from service.settings import Settings
+from citrus_deploy.settings import Settings
+from citrus_deploy.web import console
+from citrus_deploy.web.app import create_app
 from tests.conftest import insert_server
 from tests.service.conftest import TOKEN, make_settings, rows
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from standin.engine import ROOT
-from standin.pg import free_port
+from citrus_deploy.standin.pg import free_port
+from tests.paths import REPO
 
 AUTH = {"Authorization": "Bearer dev"}
 
@@ -30,8 +30,8 @@ def demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "ADMIN_TOKEN")}
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "demo"],
-            cwd=ROOT,
+            [sys.executable, "-m", "citrus_deploy", "service", "demo"],
+            cwd=REPO,
             env={**env, "CITRUS_PORT": str(port)},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -81,8 +81,8 @@ def test_a_newcomer_sees_a_post_become_rows_and_the_stale_check_flip_them(
     assert "agent-server-server-row created" in server["lastDeployment"]["outputTail"]
 
     check = subprocess.run(
-        [sys.executable, "-m", "service", "stale-check", "--timeout", "0"],
-        cwd=ROOT,
+        [sys.executable, "-m", "citrus_deploy", "service", "stale-check", "--timeout", "0"],
+        cwd=REPO,
         env={**os.environ, "DATABASE_URL": database},
         capture_output=True,
         text=True,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from service.child import run_in_child
-from service.cli_events import describe_event
-from service.deployer import DeployError, StackValue, looks_transient
-from standin.engine import Engine
+from citrus_deploy.engine.child import run_in_child
+from citrus_deploy.engine.deployer import DeployError, StackValue, looks_transient
+from citrus_deploy.engine.events import describe_event
+from citrus_deploy.standin.engine import Engine
 from tests.service.conftest import make_settings, rows
 
 

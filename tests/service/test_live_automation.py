@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.automation import AutomationDeployer
-from service.child import run_in_child
-from service.deployer import StackValue
+from citrus_deploy.engine.automation import AutomationDeployer
+from citrus_deploy.engine.child import run_in_child
+from citrus_deploy.engine.deployer import StackValue
 
 pytestmark = pytest.mark.live
 

@@ -16,10 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import stale
-from service.app import create_app
-from service.boot_reports import sign
-from service.migrate import migrate
+from citrus_deploy.queue import stale
+from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.web.app import create_app
+from citrus_deploy.web.boot_reports import sign
 from tests.conftest import insert_server
 from tests.service.conftest import AUTH, Worker, make_settings, rows, wait_for
 

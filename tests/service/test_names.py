@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from standin.engine import ROOT
-from standin.pg import free_port
+from citrus_deploy.standin.pg import free_port
 from tests.conftest import insert_server
+from tests.paths import REPO
 from tests.service.conftest import AUTH, rows, service_env
 
 DEPLOY = "/admin/servers/deploy-with-agent"
@@ -41,8 +41,8 @@ def web(service_db: str, tmp_path: Path) -> Iterator[str]:
     log = tmp_path / "web.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "web"],
-            cwd=ROOT,
+            [sys.executable, "-m", "citrus_deploy", "service", "web"],
+            cwd=REPO,
             env={**_clean_environ(), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -105,7 +105,7 @@ def test_concurrent_posts_without_a_name_each_get_their_own_server(
 def test_a_taken_generated_name_gets_the_next_suffix(
     client: TestClient, service_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("service.deployments.time.time", lambda: 1_700_000_000.123)
+    monkeypatch.setattr("citrus_deploy.store.deployments.time.time", lambda: 1_700_000_000.123)
     # Taken in other ways: a servers row in another case, and an earlier deployment (finished,
     # no row: its stack may still exist, and a generated name never adopts another's stack).
     insert_server(service_db, "SERVER-1700000000123-2")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from standin.pg import PgServer
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.web.app import create_app
 from tests.service.conftest import AUTH, Worker, make_settings, service_env, wait_for
 
 DEPLOY = "/admin/servers/deploy-with-agent"

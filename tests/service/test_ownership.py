@@ -16,11 +16,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from citrus.program import program_hash
-from gitops import state
-from service.deployments import DeploymentConflict, NotFound
-from service.settings import PROJECT
-from standin.engine import Engine
+from citrus_deploy.gitops import state
+from citrus_deploy.program.fingerprint import program_hash
+from citrus_deploy.settings import PROJECT
+from citrus_deploy.standin.engine import Engine
+from citrus_deploy.store.deployments import DeploymentConflict, NotFound
 from tests.conftest import insert_server
 from tests.service.conftest import AUTH, PASSPHRASE, Worker, make_settings, rows, wait_for
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from service.deployer import ROOT
-from service.plugins import install_pinned_plugins
-from standin.cli.commands import WATCHED_ENV
+from citrus_deploy.engine.plugins import install_pinned_plugins
+from citrus_deploy.standin.cli.commands import WATCHED_ENV
 from tests.conftest import Cli
+from tests.paths import REPO
 
 GITHUB_TOKEN = "ghp_" + "T" * 36
 DATABASE_URL = "postgresql://citrus:db-password-7f3a@db.internal:5432/citrus"
@@ -68,8 +68,8 @@ def service_command(cli: Cli, tmp_path: Path, command: str) -> subprocess.Comple
         "DIGITALOCEAN_TOKEN": DO_TOKEN,
     }
     return subprocess.run(
-        [sys.executable, "-m", "service", command],
-        cwd=ROOT,
+        [sys.executable, "-m", "citrus_deploy", "service", command],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

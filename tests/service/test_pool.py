@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from service.pool import IDLE_CHECK_SECONDS, open_pool
-from standin.pg import PgServer
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.store.pool import IDLE_CHECK_SECONDS, open_pool
 from tests.service.conftest import make_settings
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from standin import fakes
-from standin.engine import Engine
-from standin.pg import PgServer, free_port
+from citrus_deploy.standin import fakes
+from citrus_deploy.standin.engine import Engine
+from citrus_deploy.standin.pg import PgServer, free_port
+from citrus_deploy.web.app import create_app
 from tests.service.conftest import (
     AUTH,
     Worker,
@@ -287,7 +287,7 @@ def _deployer_children() -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"service.child" in cmdline:
+        if b"citrus_deploy.engine.child" in cmdline:
             found.append(int(pid))
     return found
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from service.app import create_app
+from citrus_deploy.web.app import create_app
 from tests.service.conftest import AUTH, make_settings
 
 

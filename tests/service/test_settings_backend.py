@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import SettingsError, load_settings
+from citrus_deploy.settings import SettingsError, load_settings
 
 BASE = {
     "DATABASE_URL": "postgresql://citrus@127.0.0.1:5432/citrus",

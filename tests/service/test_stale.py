@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from db import queries
-from db.__main__ import migrate
-from service import stale, tasks
-from service.pool import open_pool
-from service.worker import remediate
-from standin.engine import ROOT
+from citrus_deploy.queue import stale, tasks
+from citrus_deploy.queue.worker import remediate
+from citrus_deploy.store import queries
+from citrus_deploy.store.migrate import migrate
+from citrus_deploy.store.pool import open_pool
+from tests.paths import REPO
 from tests.service.conftest import AUTH, make_settings, rows, service_env
 
 TIMEOUT = 600.0
@@ -216,8 +216,8 @@ def test_the_statement_uses_the_partial_index(database: str) -> None:
 def test_the_cli_runs_the_check(fleet: str, tmp_path: Path) -> None:
     env = {**service_env(fleet, tmp_path), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
-        [sys.executable, "-m", "service", "stale-check"],
-        cwd=ROOT,
+        [sys.executable, "-m", "citrus_deploy", "service", "stale-check"],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -505,7 +505,7 @@ def test_once_the_up_has_finished_the_timeout_counts_from_the_agent_row(database
 def test_the_cli_refuses_a_timeout_that_is_not_finite_and_non_negative(
     value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.__main__ import main
+    from citrus_deploy.commands.service import main
 
     with pytest.raises(SystemExit) as exited:
         main(["stale-check", f"--timeout={value}"])

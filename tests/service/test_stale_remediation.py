@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from service import deployments
+from citrus_deploy.store import deployments
 from tests.service.conftest import rows
 from tests.service.test_stale import add, check_and_remediate, hub_connects, states
 

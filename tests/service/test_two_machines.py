@@ -1,7 +1,8 @@
 """Two machines, one fleet: workers with separate checkouts, state directories and PULUMI_HOMEs,
 sharing one state backend and one database, take turns on one stack.
 
-Real worker processes (`python -m service worker`, each from its own copy of the program) with
+Real worker processes (`citrus-deploy service worker`, each importing its own copy of the
+package: PYTHONPATH names the copy's src/, ahead of the installed one) with
 CITRUS_DEPLOYER=automation over the stand-in CLI (standin.cli), which keeps the passphrase salt
 as the real CLI does: in the stack's settings file, made on the machine that ran `stack init`,
 and in the checkpoint. The second machine has no settings file: with
@@ -21,22 +22,23 @@ import psycopg
 import pytest
 import yaml
 
-from gitops import state
-from standin.fakes import droplets
+from citrus_deploy.gitops import state
+from citrus_deploy.standin.fakes import droplets
 from tests.conftest import Cli
-from tests.service.conftest import ROOT, Worker, rows, service_env, wait_for
+from tests.paths import REPO
+from tests.service.conftest import Worker, rows, service_env, wait_for
 
 
 def checkout(target: Path) -> Path:
     """A copy of the program as a second machine has it: the files Git would check out."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         check=True,
     ).stdout.decode()
     for name in filter(None, listed.split("\0")):
-        source = ROOT / name
+        source = REPO / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
@@ -48,6 +50,7 @@ def machine_env(database: str, tmp_path: Path, machine: str) -> dict[str, str]:
         database,
         tmp_path / "shared-state",  # PULUMI_BACKEND_URL: the one backend both share
         CITRUS_DEPLOYER="automation",
+        PYTHONPATH=str(tmp_path / machine / "checkout" / "src"),
         CITRUS_STATE_DIR=str(tmp_path / machine / "state"),
         PULUMI_HOME=str(tmp_path / machine / "pulumi-home"),
         GITHUB_TOKEN="ghp_" + "g" * 36,
@@ -117,7 +120,7 @@ def test_one_stack_moves_between_two_machines(cli: Cli, service_db: str, tmp_pat
     assert rows(service_db, "SELECT count(*) FROM agents") == [(0,)]
     for machine, copy in machines.items():  # each ran its own copy, which got no stack file
         project = yaml.safe_load((tmp_path / machine / "state/work/Pulumi.yaml").read_text())
-        assert project["main"] == str(copy)
+        assert project["main"] == str(copy / "src/citrus_deploy/program/project")
         assert not list(copy.glob("Pulumi.web-1.*")), machine
         assert (tmp_path / machine / "pulumi-home" / "workspaces").is_dir(), machine
 
@@ -129,7 +132,7 @@ def test_the_stand_in_takes_the_checkpoints_salt_only_with_the_fallback(
     """As pkg/cmd/pulumi/stack/secrets.go does: a machine without the stack's settings file
     makes a new salt (and the next write re-encrypts the state under it) unless told to fall
     back to the state's secrets manager."""
-    from service.automation import AutomationDeployer
+    from citrus_deploy.engine.automation import AutomationDeployer
     from tests.service.test_automation_deployer import config
 
     shared = f"file://{tmp_path}/shared"

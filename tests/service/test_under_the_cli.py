@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import load_settings
-from standin.fakes import droplets
+from citrus_deploy.settings import load_settings
+from citrus_deploy.standin.fakes import droplets
+from citrus_deploy.web.app import create_app
 from tests.conftest import Cli
 from tests.service.conftest import AUTH, Worker, rows, service_env, wait_for
 

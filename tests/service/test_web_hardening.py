@@ -25,12 +25,12 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from db import queries
-from service.app import create_app
-from service.settings import SettingsError, load_settings
-from standin.engine import ROOT
-from standin.pg import PgServer, free_port
+from citrus_deploy.settings import SettingsError, load_settings
+from citrus_deploy.standin.pg import PgServer, free_port
+from citrus_deploy.store import queries
+from citrus_deploy.web.app import create_app
 from tests.conftest import insert_server
+from tests.paths import REPO
 from tests.service.conftest import (
     AUTH,
     TOKEN,
@@ -389,8 +389,8 @@ def web_process(service_db: str, tmp_path: Path, **extra: str) -> Iterator[int]:
     log = tmp_path / "web.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "web"],
-            cwd=ROOT,
+            [sys.executable, "-m", "citrus_deploy", "service", "web"],
+            cwd=REPO,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.migrate import migrate
-from standin.engine import ROOT
-from standin.pg import PgServer, free_port
+from citrus_deploy.standin.pg import PgServer, free_port
+from citrus_deploy.store.queue_schema import migrate
+from tests.paths import REPO
 from tests.service.conftest import AUTH, Worker, rows, service_env, wait_for
 
 pytestmark = pytest.mark.soak
@@ -114,8 +114,8 @@ def test_the_service_holds_under_load_through_restarts_and_a_killed_worker(
     web_env = {**os.environ, **env, "CITRUS_PORT": str(port)}
     with (tmp_path / "web.log").open("wb") as web_log:
         web = subprocess.Popen(
-            [sys.executable, "-m", "service", "web"],
-            cwd=ROOT,
+            [sys.executable, "-m", "citrus_deploy", "service", "web"],
+            cwd=REPO,
             env=web_env,
             stdout=web_log,
             stderr=subprocess.STDOUT,

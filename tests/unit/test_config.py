@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from citrus.config import InvalidConfig, load, project_defaults
+from citrus_deploy.program.config import InvalidConfig, load, project_defaults
 
 VALID = {
     "engineWsUrl": "wss://engine.citrushost.io",

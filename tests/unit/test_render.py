@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from citrus.errors import InvalidValue
-from cloud_init import render as render_module
-from cloud_init.render import USER_DATA_LIMIT, BootValues, render
+from citrus_deploy.errors import InvalidValue
+from citrus_deploy.program import render as render_module
+from citrus_deploy.program.render import USER_DATA_LIMIT, BootValues, render
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "user_data.sh"
 VALUES = BootValues(
@@ -304,7 +304,7 @@ def sent_reports(trace: Path) -> list[tuple[dict[str, str], bytes]]:
 
 
 def test_reports_are_signed_json_and_the_key_reaches_no_process(tmp_path: Path) -> None:
-    from service.boot_reports import BootReport, sign
+    from citrus_deploy.web.boot_reports import BootReport, sign
 
     hostile = 'tab\there "quoted" back\\slash \x01 \x1b[31m é \x7f $(touch pwned)'
     trace, proc = run_report_block(
@@ -354,7 +354,7 @@ def test_reports_are_signed_json_and_the_key_reaches_no_process(tmp_path: Path) 
 
 
 def test_the_key_and_token_are_taken_out_of_a_failure_tail(tmp_path: Path) -> None:
-    from service.boot_reports import BootReport
+    from citrus_deploy.web.boot_reports import BootReport
 
     trace, proc = run_report_block(
         tmp_path,

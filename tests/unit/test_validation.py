@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from citrus import validation
-from citrus.errors import InvalidValue
+from citrus_deploy.errors import InvalidValue
+from citrus_deploy.program import validation
 
 Rule = Callable[[Any, str], Any]
 

@@ -17,8 +17,8 @@ import psycopg_pool
 import uvicorn
 from fastapi import FastAPI
 
-from service import boot_reports
-from service.app import BodyLimit
+from citrus_deploy.web import boot_reports
+from citrus_deploy.web.app import BodyLimit
 
 BODY_LIMIT = 4096  # the service's default CITRUS_MAX_BODY_BYTES
 

@@ -1,5 +1,0 @@
-"""Pulumi components of citrus-deploy."""
-
-from components.agent_server import AgentServer
-
-__all__ = ["AgentServer"]

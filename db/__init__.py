@@ -1,1 +1,0 @@
-"""PostgreSQL side of citrus-deploy: the schema, its named statements, and the dynamic provider."""

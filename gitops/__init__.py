@@ -1,1 +1,0 @@
-"""GitOps: the fleet as stack files in Git (`python -m gitops`)."""

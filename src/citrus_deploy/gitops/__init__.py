@@ -1,0 +1,1 @@
+"""GitOps: the fleet as stack files in Git (`citrus-deploy gitops`)."""

@@ -1,0 +1,460 @@
+"""The fleet folder: one `Pulumi.<name>.yaml` per server, read and checked by the program's rules.
+
+Each file is parsed with PyYAML's C loader; only a file with errors is composed a second time to
+find the line of each bad key, so a clean fleet costs one fast parse per file. Secrets never live
+in a fleet file (they come from the pipeline's secret store): a file holding one is refused and
+the error names the file, line and key, never the value.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import os
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from citrus_deploy.errors import InvalidValue
+from citrus_deploy.program import config as stack_config
+from citrus_deploy.program import validation
+
+PROJECT = "citrus-deploy"
+PREFIX = f"{PROJECT}:"
+ADOPT_KEY = "gitops:adopt"
+PROVIDER_KEYS = frozenset({"digitalocean:apiEndpoint"})
+# Secret keys of the program: they come from the pipeline's secret store, never from a file.
+SECRET_KEYS = frozenset({f"{PREFIX}githubToken", f"{PREFIX}databaseUrl", "digitalocean:token"})
+# Top-level keys `pulumi` writes for a stack with its own secrets provider.
+SECRET_TOP_KEYS = frozenset({"secretsprovider", "encryptedkey", "encryptionsalt"})
+
+_STACK_FILE = re.compile(r"Pulumi\.(?P<name>.+)\.yaml")
+_CREDENTIAL = re.compile(
+    r"dop_v1_[A-Za-z0-9]+|(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]+|github_pat_[A-Za-z0-9_]+"
+)
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@")
+
+# What the program's validation sees for the values that come from the service, not the file.
+# They are valid by the program's rules so only the file's own values can fail. databaseUrl is
+# left unset and its "is required" error dropped: it can never be in a file, and parsing a
+# placeholder URL was half the cost of each validation.
+_STORE_VALUES = {
+    "githubToken": "placeholder-github-token",
+    "engineWsUrl": "wss://engine.placeholder.invalid",
+}
+_FROM_STORE_ONLY = frozenset({"databaseUrl"})
+_STORE_DO_TOKEN = "placeholder-digitalocean-token"  # noqa: S105 - a placeholder
+
+# (path of the node to point at, or None for the file itself; key as written; rule)
+_Problem = tuple[tuple[str | int, ...] | None, str | None, str]
+
+PLACEHOLDER_NAME = "placeholder-server"
+
+SECRET_RULE = "secrets come from the pipeline's secret store, never from a fleet file"  # noqa: S105
+
+
+@dataclass(frozen=True)
+class FleetError:
+    """One problem with the fleet, printed as `file:line: key: rule`."""
+
+    file: str
+    line: int | None
+    key: str | None
+    rule: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.rule}" if self.key is None else f"{where}: {self.key}: {self.rule}"
+
+
+@dataclass(frozen=True)
+class StackFile:
+    """One server's file: its record config (see the contract) and what is wrong with it."""
+
+    name: str
+    path: str  # as shown in messages, e.g. fleet/Pulumi.web-1.yaml
+    config: dict[str, Any]
+    adopt: bool = False
+    errors: tuple[FleetError, ...] = ()
+
+
+@dataclass
+class Fleet:
+    """Every stack file of a folder, keyed by the server name as the file writes it."""
+
+    directory: Path
+    display: str
+    files: dict[str, StackFile] = field(default_factory=dict)
+    errors: list[FleetError] = field(default_factory=list)  # errors that belong to no server
+
+    def all_errors(self) -> Iterator[FleetError]:
+        yield from self.errors
+        for stack in self.files.values():
+            yield from stack.errors
+
+
+@functools.cache
+def allowed_keys() -> frozenset[str]:
+    """The keys a fleet file may hold: the program's declared config, the provider, gitops."""
+    return frozenset(key for key, (kind, _) in _key_kinds().items() if kind != "secret")
+
+
+@functools.cache
+def _key_kinds() -> dict[str, tuple[str, str]]:
+    """Each key a file may name -> (kind, record key); kind: config | adopt | secret."""
+    declared = yaml.safe_load(stack_config.PROJECT_FILE.read_text()).get("config", {})
+    kinds = {PREFIX + key: ("config", key) for key in declared}
+    kinds.update({key: ("config", key) for key in PROVIDER_KEYS})
+    kinds.update({key: ("secret", key) for key in SECRET_KEYS})
+    kinds[ADOPT_KEY] = ("adopt", ADOPT_KEY)
+    return kinds
+
+
+# A fleet at least this big is read by several processes: parsing YAML is CPU-bound, and each
+# file is independent.
+PARALLEL_FROM = 2_000
+_CHUNKS_PER_JOB = 4
+
+_Entry = tuple[str, str, str]  # (path, server name, path as shown)
+
+
+def read_fleet(directory: Path | str, display: str | None = None, *, jobs: int = 1) -> Fleet:
+    """Reads every file of `directory`; `display` is how the folder is named in messages.
+
+    `jobs`: processes that parse the files; 0 picks one per CPU for a fleet of PARALLEL_FROM
+    files or more, else 1. More than one are forked: never pass it with a connection open.
+    """
+    folder = Path(directory)
+    shown = (display if display is not None else str(directory)).rstrip("/") or "."
+    fleet = Fleet(directory=folder, display=shown)
+    with os.scandir(folder) as entries:
+        found = sorted((e.name, e.path) for e in entries if e.is_file())
+    stacks: list[_Entry] = []
+    for filename, path in found:
+        path_shown = f"{shown}/{filename}"
+        match = _STACK_FILE.fullmatch(filename)
+        if match is None:
+            if filename.lower().endswith((".yaml", ".yml")):
+                rule = "not a stack file: a fleet file is named Pulumi.<server name>.yaml"
+                fleet.errors.append(FleetError(path_shown, None, None, rule))
+            continue
+        stacks.append((path, match["name"], path_shown))
+    by_name: dict[str, list[StackFile]] = {}
+    for stack in _read_all(stacks, jobs):
+        by_name.setdefault(stack.name.lower(), []).append(stack)
+    for same in by_name.values():
+        if len(same) > 1:
+            names = ", ".join(Path(s.path).name for s in same)
+            rule = f"server names are unique regardless of case: {names} name the same server"
+            same = [
+                replace(s, errors=(*s.errors, FleetError(s.path, None, None, rule))) for s in same
+            ]
+        for stack in same:
+            fleet.files[stack.name] = stack
+    return fleet
+
+
+def _read_all(stacks: list[_Entry], jobs: int) -> list[StackFile]:
+    if jobs <= 0:
+        jobs = (os.cpu_count() or 1) if len(stacks) >= PARALLEL_FROM else 1
+    if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return _read_chunk(stacks)
+    size = -(-len(stacks) // (jobs * _CHUNKS_PER_JOB))
+    chunks = [stacks[i : i + size] for i in range(0, len(stacks), size)]
+    # fork: the workers start with this process's imports instead of importing them again.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        return [stack for chunk in pool.map(_read_chunk, chunks) for stack in chunk]
+
+
+def _read_chunk(stacks: list[_Entry]) -> list[StackFile]:
+    rules = ProgramRules()
+    return [read_stack_file(Path(path), name, shown, rules) for path, name, shown in stacks]
+
+
+def read_stack_file(
+    path: Path, name: str, shown: str, rules: ProgramRules | None = None
+) -> StackFile:
+    """Parses and checks one file; on any problem, its errors carry line numbers."""
+    with open(path, "rb") as file:
+        text = file.read()
+    try:
+        document = yaml.load(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        return StackFile(
+            name,
+            shown,
+            {"serverName": name},
+            False,
+            (FleetError(shown, line, None, f"not valid YAML: {problem}"),),
+        )
+    problems: list[_Problem] = []  # (node path, key, rule)
+    config, adopt = _check_document(document, name, problems, rules or ProgramRules())
+    if not problems:
+        return StackFile(name, shown, config, adopt)
+    lines = _Lines(text)
+    errors = sorted(
+        (
+            FleetError(shown, lines.line(node_path), key, redact(rule))
+            for node_path, key, rule in problems
+        ),
+        key=lambda e: e.line or 0,
+    )
+    return StackFile(name, shown, config, adopt, tuple(errors))
+
+
+def _check_document(
+    document: Any, name: str, problems: list[_Problem], rules: ProgramRules
+) -> tuple[dict[str, Any], bool]:
+    record: dict[str, Any] = {"serverName": name}
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        problems.append(((), None, "must be a mapping with a `config:` key"))
+        return record, False
+    for top in document:
+        if top == "config":
+            continue
+        if isinstance(top, str) and top.lower() in SECRET_TOP_KEYS:
+            problems.append(
+                (
+                    (top,),
+                    str(top),
+                    "a fleet file has no secrets provider or key: the fleet's secrets come "
+                    "from the pipeline's secret store; remove it",
+                )
+            )
+        else:
+            problems.append(
+                ((top,), str(top), "unknown top-level key: a fleet file holds only `config:`")
+            )
+    values = document.get("config")
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        problems.append((("config",), "config", "must be a mapping of namespaced keys"))
+        return record, False
+
+    kinds = _key_kinds()
+    refused: set[str] = set()
+    adopt = False
+    for key, value in values.items():
+        kind = kinds.get(key) if isinstance(key, str) else None
+        if type(value) is str and kind is not None and kind[0] == "config":
+            # The common case, kept short: a plain string for a declared key.
+            if _CREDENTIAL.search(value) or ("@" in value and _has_password(value)):
+                problems.append(_credential_problem(key, value))
+                refused.add(key)
+            else:
+                record[kind[1]] = value
+            continue
+        where: tuple[str | int, ...] = ("config", key)
+        shown_key = str(key)
+        if isinstance(value, dict) and "secure" in value:
+            problems.append(
+                (where, shown_key, f"holds an encrypted secret (secure:): {SECRET_RULE}")
+            )
+            refused.add(shown_key)
+        elif kind is None:
+            hint = f"; did you mean {PREFIX}{key}?" if PREFIX + shown_key in kinds else ""
+            problems.append((where, shown_key, f"unknown key{hint}"))
+            refused.add(shown_key)
+        elif kind[0] == "secret":
+            problems.append((where, shown_key, f"is a secret: {SECRET_RULE}"))
+            refused.add(shown_key)
+        elif _credential_in(value) is not None:
+            problems.append(_credential_problem(shown_key, value))
+            refused.add(shown_key)
+        elif kind[0] == "adopt":
+            if isinstance(value, bool):
+                adopt = value
+            else:
+                problems.append((where, shown_key, "must be true or false"))
+        elif value is not None:  # `key:` with no value is the key left unset, as for the CLI
+            record[kind[1]] = _record_value(value)
+
+    server_name = record.get("serverName")
+    if f"{PREFIX}serverName" in values and server_name != name:
+        problems.append(
+            (
+                ("config", f"{PREFIX}serverName"),
+                f"{PREFIX}serverName",
+                f"must equal the file's name ({name!r}): the file name is the server name",
+            )
+        )
+        refused.add(f"{PREFIX}serverName")
+    record["serverName"] = name
+    for field_name, rule in rules.errors(record, name, refused):
+        file_key, path = _file_key(field_name)
+        if file_key == f"{PREFIX}serverName" and file_key not in values:
+            problems.append((None, None, f"the file name is the server name, which {rule}"))
+            continue
+        problems.append((path, file_key, rule))
+    return record, adopt
+
+
+def _record_value(value: Any) -> Any:
+    """Values as the record keeps them: str, bool, lists; numbers as the CLI passes them."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _cli_value(value: Any) -> str | None:
+    """A value as the Pulumi CLI hands it to the program: strings as is, the rest JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+class ProgramRules:
+    """The program's own config rules (`citrus.config.load`), for one read of a fleet.
+
+    `load` checks each field on its own value alone, so a file's errors are the union of each
+    (key, value)'s errors, remembered for the read: a fleet repeats the same values file after
+    file, and a whole `load` per file would cost as much as parsing it.
+    tests/gitops/test_fleet.py holds this equal to one whole `load` of the file.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, Any], tuple[tuple[str, str], ...]] = {}
+
+    def errors(self, record: dict[str, Any], name: str, refused: set[str]) -> list[tuple[str, str]]:
+        """(field, rule) for each rule the record breaks; `refused` keys were reported already."""
+        errors: list[tuple[str, str]] = []
+        try:
+            # What load applies to serverName, which a record always holds (the file name).
+            validation.server_name(name, "serverName")
+        except InvalidValue as exc:
+            errors.append((exc.field, exc.rule))
+        for key, value in record.items():
+            if key == "serverName" or (PREFIX + key if ":" not in key else key) in refused:
+                continue
+            memo = (key, tuple(value) if type(value) is list else value)
+            try:
+                found = self._seen.get(memo)
+            except TypeError:  # an unhashable item (a mapping in a list): no memo
+                errors += _load_errors({key: _cli_value(value)}.get, PLACEHOLDER_NAME)
+                continue
+            if found is None:
+                found = self._seen[memo] = tuple(
+                    _load_errors({key: _cli_value(value)}.get, PLACEHOLDER_NAME)
+                )
+            errors += found
+        return errors
+
+
+def whole_load_errors(record: dict[str, Any], name: str) -> list[tuple[str, str]]:
+    """The program's `load` of the whole file at once: what `ProgramRules.errors` must equal."""
+    return _load_errors(record.get, name)
+
+
+def _load_errors(values: Callable[[str], Any], stack: str) -> list[tuple[str, str]]:
+    """Runs the program's config validation with the store's values filled in."""
+
+    def get(key: str) -> str | None:
+        value = _cli_value(values(key))
+        if key in _STORE_VALUES and value in (None, ""):
+            return _STORE_VALUES[key]
+        return value
+
+    def get_provider(key: str) -> str | None:
+        return _STORE_DO_TOKEN if key == "token" else _cli_value(values(f"digitalocean:{key}"))
+
+    try:
+        stack_config.load(get, stack=stack, get_provider=get_provider, environ={})
+    except stack_config.InvalidConfig as exc:
+        return [(e.field, e.rule) for e in exc.errors if e.field not in _FROM_STORE_ONLY]
+    return []
+
+
+def _file_key(field_name: str) -> tuple[str, tuple[str | int, ...]]:
+    """`tags[1]` -> (`citrus-deploy:tags[1]`, ("config", "citrus-deploy:tags", 1))."""
+    base, _, rest = field_name.partition("[")
+    full = base if ":" in base else PREFIX + base
+    path: tuple[str | int, ...] = ("config", full)
+    if not rest:
+        return full, path
+    index = rest.rstrip("]")
+    return f"{full}[{rest}", (*path, int(index)) if index.isdigit() else path
+
+
+def _credential_problem(key: str, value: Any) -> _Problem:
+    index, what = _credential_in(value) or (None, "a credential")
+    where: tuple[str | int, ...] = ("config", key) if index is None else ("config", key, index)
+    return where, key, f"looks like a credential ({what}, value not shown): {SECRET_RULE}"
+
+
+def _credential_in(value: Any) -> tuple[int | None, str] | None:
+    """(list index or None, what it looks like) when a value looks like a credential."""
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for index, item in items:
+        if not isinstance(item, str):
+            continue
+        if _CREDENTIAL.search(item):
+            return index, "a DigitalOcean or GitHub token"
+        if "://" in item and "@" in item and _has_password(item):
+            return index, "a URL with a password"
+    return None
+
+
+def _has_password(text: str) -> bool:
+    try:
+        return urlsplit(text).password is not None
+    except ValueError:
+        return _URL_PASSWORD.search(text) is not None
+
+
+def redact(message: str) -> str:
+    """A last guard: no token- or password-looking text in an error, whatever produced it."""
+    message = _CREDENTIAL.sub("[redacted]", message)
+    return _URL_PASSWORD.sub("[redacted]@", message)
+
+
+class _Lines:
+    """Line numbers of a file's nodes; composed only for a file that has errors."""
+
+    def __init__(self, text: bytes) -> None:
+        try:
+            self.root: yaml.Node | None = yaml.compose(text, Loader=yaml.CSafeLoader)
+        except yaml.YAMLError:
+            self.root = None
+
+    def line(self, path: tuple[str | int, ...] | None) -> int | None:
+        node = self.root
+        if node is None or path is None:
+            return None
+        line = node.start_mark.line + 1
+        for step in path:
+            found = self._child(node, step)
+            if found is None:
+                return line
+            key_node, node = found
+            line = (key_node or node).start_mark.line + 1
+        return line
+
+    @staticmethod
+    def _child(node: yaml.Node, step: str | int) -> tuple[yaml.Node | None, yaml.Node] | None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(step):
+                    return key_node, value_node
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(step, int)
+            and 0 <= step < len(node.value)
+        ):
+            return None, node.value[step]
+        return None

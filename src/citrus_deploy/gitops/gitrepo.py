@@ -1,0 +1,90 @@
+"""The Git facts a plan is tied to: the checkout, its commit, uncommitted files, and its name.
+
+Read-only: nothing here changes the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from citrus_deploy.errors import CitrusError
+from citrus_deploy.program import fingerprint as program
+
+REPOSITORY_ENV = ("CITRUS_GITOPS_REPOSITORY", "GITHUB_REPOSITORY")
+
+
+class GitError(CitrusError):
+    """Git could not answer (not a repository, no commit yet, git missing)."""
+
+
+def git(directory: Path, *args: str) -> str:
+    """Runs `git -C directory args...` and returns its stdout; GitError with git's own words."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), *args], capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise GitError("git is not installed (no `git` on PATH)") from None
+    if done.returncode != 0:
+        message = done.stderr.strip().splitlines()
+        raise GitError(f"git {' '.join(args)} in {directory}: {message[-1] if message else ''}")
+    return done.stdout
+
+
+def toplevel(directory: Path) -> Path:
+    """The top-level directory of the checkout holding `directory`."""
+    return Path(git(directory, "rev-parse", "--show-toplevel").strip())
+
+
+def head_commit(directory: Path) -> str:
+    """The full sha of HEAD."""
+    try:
+        return git(directory, "rev-parse", "--verify", "HEAD^{commit}").strip()
+    except GitError:
+        raise GitError(f"the repository holding {directory} has no commit yet") from None
+
+
+def uncommitted(directory: Path) -> list[str]:
+    """Files under `directory` that differ from HEAD (changed, staged, new or deleted).
+
+    Paths are relative to the repository's top level, as `git status` prints them.
+    """
+    out = git(directory, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".")
+    names: list[str] = []
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        if not entry:
+            continue
+        names.append(entry[3:])
+        if entry[0] in "RC":
+            next(entries, None)  # a rename's second path is its source
+    return sorted(names)
+
+
+def relative(directory: Path, top: Path) -> str:
+    """`directory` relative to the checkout's top level, `.` for the top itself."""
+    return Path(os.path.relpath(directory.resolve(), top.resolve())).as_posix()
+
+
+def repository_identity(
+    option: str | None, top: Path, environ: Mapping[str, str] = os.environ
+) -> str:
+    """The name GitOps records with each deployment (see the contract)."""
+    if option:
+        return option
+    for name in REPOSITORY_ENV:
+        if environ.get(name):
+            return environ[name]
+    return str(top.resolve())
+
+
+def program_root(top: Path) -> Path:
+    """The program a plan is for (a citrus_deploy directory): the checkout's, if it is one of
+    citrus-deploy, else the installed one."""
+    checkout = top / "src" / "citrus_deploy"
+    if (checkout / "program").is_dir():
+        return checkout
+    return program.PACKAGE

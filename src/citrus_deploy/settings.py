@@ -1,0 +1,369 @@
+"""The one settings object of the HTTP service and its workers, read from the environment.
+
+Required secrets (DATABASE_URL, ADMIN_TOKEN) have no default; placeholder tokens are refused
+unless CITRUS_ENV=development. The stack config each deployment gets is built here, from these
+settings plus the server and agent names, and checked with the program's own rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from citrus_deploy.errors import CitrusError
+from citrus_deploy.program import config as stack_config
+
+PROJECT = "citrus-deploy"
+PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "password", "token", "admin"}
+ADMIN_TOKEN_MIN = 16
+# What a bearer token can be: it travels as `Authorization: Bearer <token>`, an HTTP header, and
+# is compared byte for byte. Whitespace (a newline left by `$(cat file)`), control characters
+# and non-ASCII would make a token that no client can send as set, or one whose length counts
+# characters that are not secret.
+ADMIN_TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+# Stand-ins the engine stand-in uses when a real value is not set: it fakes DigitalOcean and never
+# contacts the hub or the agent repository, but the program's rules still want these fields.
+TEST_ENGINE_STAND_INS = {
+    "githubToken": "test-engine-github-token",
+    "engineWsUrl": "ws://127.0.0.1:8080",
+    "digitalocean:token": "test-engine-do-token",
+}
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # finite: a duration
+# A list from the environment: JSON (`["a", "b"]`) or comma-separated (`a,b`).
+WordList = Annotated[list[str], NoDecode]
+
+
+def default_state_dir() -> Path:
+    """Where a worker keeps what is its own: $XDG_STATE_HOME/citrus-deploy, else
+    ~/.local/state/citrus-deploy (systemd's StateDirectory= sets CITRUS_STATE_DIR instead)."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "citrus-deploy"
+
+
+# The Pulumi CLI keeps state itself (a "DIY backend") only for these URL schemes (postgres://
+# since CLI 3.176); it takes any other URL for the address of a Pulumi Cloud service and tries
+# to log in there. https:// is Pulumi Cloud (or a self-hosted one).
+DIY_BACKEND_SCHEMES = ("file", "s3", "gs", "azblob", "postgres")
+CLOUD_BACKEND_SCHEMES = ("https",)
+
+
+def check_backend_url(url: str) -> None:
+    """Raises ValueError unless the CLI will use `url` as the state backend it names.
+
+    Checked at start (web, worker, all): otherwise a postgresql:// URL would surface only as a
+    failed deployment, the CLI asking to log in to a Pulumi Cloud at the database's host. The
+    message never echoes the URL: a postgres:// one carries the database password.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "postgresql":
+        raise ValueError(
+            "the Pulumi CLI would take this postgresql:// URL for a Pulumi Cloud URL (and try "
+            "to log in to that host): its PostgreSQL state backend (CLI >= 3.176) answers only "
+            "to postgres://. Fix: the same URL with postgres:// in place of postgresql:// "
+            "(postgres://user:password@host:5432/db)"
+        )
+    if scheme not in DIY_BACKEND_SCHEMES + CLOUD_BACKEND_SCHEMES:
+        found = f"the scheme {scheme}://" if scheme else "no scheme"
+        diy = ", ".join(f"{name}://" for name in DIY_BACKEND_SCHEMES)
+        raise ValueError(
+            f"has {found}; the accepted ones are the Pulumi CLI's state backends {diy}, and "
+            "https:// for Pulumi Cloud (unset, it is file://$CITRUS_STATE_DIR/pulumi)"
+        )
+
+
+class SettingsError(CitrusError):
+    """The service's own settings are unusable; the message says which and why."""
+
+
+class Settings(BaseSettings):
+    """Environment variables (or a .env file named by CITRUS_ENV_FILE) of web and worker."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    citrus_env: Literal["production", "development"] = Field(
+        "production", validation_alias="CITRUS_ENV"
+    )
+    database_url: SecretStr = Field(validation_alias="DATABASE_URL")
+    admin_token: SecretStr = Field(validation_alias="ADMIN_TOKEN")
+
+    # Where deployments run and keep Pulumi state.
+    deployer: Literal["automation", "test-engine"] = Field(
+        "automation", validation_alias="CITRUS_DEPLOYER"
+    )
+    # The worker's own directory: its Pulumi work directory (`work/`: the Pulumi.yaml it runs
+    # and the stacks' settings files, a cache) and, unless PULUMI_BACKEND_URL says otherwise,
+    # the stacks' state (`pulumi/`).
+    state_dir: Path = Field(default_factory=default_state_dir, validation_alias="CITRUS_STATE_DIR")
+    pulumi_backend_url: str = Field("", validation_alias="PULUMI_BACKEND_URL")
+    pulumi_config_passphrase: SecretStr | None = Field(
+        None, validation_alias="PULUMI_CONFIG_PASSPHRASE"
+    )
+    pulumi_config_passphrase_file: Path | None = Field(
+        None, validation_alias="PULUMI_CONFIG_PASSPHRASE_FILE"
+    )
+    test_engine_step_delay: float = Field(
+        0.0, ge=0, le=60, validation_alias="CITRUS_TEST_ENGINE_STEP_DELAY"
+    )
+
+    # The stack config secrets and values of the old platform's environment.
+    digitalocean_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DIGITALOCEAN_TOKEN", "DO_API_TOKEN")
+    )
+    github_token: SecretStr | None = Field(None, validation_alias="GITHUB_TOKEN")
+    engine_ws_url: str | None = Field(None, validation_alias="ENGINE_WS_URL")
+    # Given to every server the service deploys (HTTP, and GitOps files that set none):
+    # DigitalOcean SSH key ids or fingerprints, and droplet tags.
+    ssh_keys: WordList = Field(default_factory=list, validation_alias="CITRUS_SSH_KEYS")
+    droplet_tags: WordList = Field(default_factory=list, validation_alias="CITRUS_DROPLET_TAGS")
+
+    # The stale-agent check.
+    agent_connect_timeout: Seconds = Field(600, validation_alias="AGENT_CONNECT_TIMEOUT")
+    remediate_failed_servers: bool = Field(False, validation_alias="CITRUS_REMEDIATE_FAILED")
+    remediate_backoff_seconds: Seconds = Field(300, validation_alias="CITRUS_REMEDIATE_BACKOFF")
+
+    # Workers.
+    worker_concurrency: int = Field(4, ge=1, le=100, validation_alias="WORKER_CONCURRENCY")
+    droplet_creation_slots: int = Field(10, ge=1, le=100, validation_alias="DROPLET_CREATION_SLOTS")
+    deploy_max_attempts: int = Field(4, ge=1, le=20, validation_alias="DEPLOY_MAX_ATTEMPTS")
+    retry_backoff_seconds: Seconds = Field(5, validation_alias="RETRY_BACKOFF_SECONDS")
+    # A stopped deployment gets SIGTERM (Pulumi finishes its in-flight steps and releases the
+    # stack's lock), and SIGKILL only after this grace.
+    deploy_stop_grace_seconds: Seconds = Field(60, validation_alias="DEPLOY_STOP_GRACE")
+    worker_heartbeat_interval: Seconds = Field(10, validation_alias="WORKER_HEARTBEAT_INTERVAL")
+    worker_stalled_timeout: Seconds = Field(30, validation_alias="WORKER_STALLED_TIMEOUT")
+
+    # Web.
+    host: str = Field("127.0.0.1", validation_alias="CITRUS_HOST")
+    port: int = Field(8000, ge=1, le=65535, validation_alias="CITRUS_PORT")
+    wait_max_seconds: Seconds = Field(120, validation_alias="CITRUS_WAIT_MAX_SECONDS")
+    max_body_bytes: int = Field(4096, ge=64, validation_alias="CITRUS_MAX_BODY_BYTES")
+    db_timeout_seconds: Seconds = Field(5, validation_alias="CITRUS_DB_TIMEOUT")
+    db_pool_size: int = Field(10, ge=1, le=200, validation_alias="CITRUS_DB_POOL_SIZE")
+    output_tail_chars: int = Field(4000, ge=0, le=1048576, validation_alias="CITRUS_OUTPUT_TAIL")
+    # A request body must arrive within this many seconds of the headers (uvicorn has no such
+    # deadline: a client that stops half-way would hold its connection for ever).
+    body_timeout_seconds: Seconds = Field(10, le=600, validation_alias="CITRUS_BODY_TIMEOUT")
+    # Open connections (idle keep-alive ones included) one web process serves; past it uvicorn
+    # answers 503 at once instead of running out of file descriptors.
+    max_connections: int = Field(1000, ge=1, le=100_000, validation_alias="CITRUS_MAX_CONNECTIONS")
+    # POST/DELETE answer 503 queue_full while this many deployments are queued or running
+    # (0: no cap). Workers take minutes per deployment: past this, a client loops or floods.
+    max_queued: int = Field(1000, ge=0, le=10_000_000, validation_alias="CITRUS_MAX_QUEUED")
+    # Swagger UI at /docs (assets from the fastapi-offline package, never a CDN). Unset: on with
+    # CITRUS_ENV=development, off otherwise: an operator types the token into its page.
+    docs: bool | None = Field(None, validation_alias="CITRUS_DOCS")
+    # The operator console (service/console.py): how long a sign-in lasts, and whether its
+    # cookie is Secure (unset: when the request came over https, as uvicorn sees it).
+    session_seconds: int = Field(
+        8 * 3600, ge=60, le=30 * 86400, validation_alias="CITRUS_SESSION_SECONDS"
+    )
+    cookie_secure: bool | None = Field(None, validation_alias="CITRUS_COOKIE_SECURE")
+
+    @field_validator("ssh_keys", "droplet_tags", mode="before")
+    @classmethod
+    def _word_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [word.strip() for word in text.split(",") if word.strip()]
+        return value
+
+    @field_validator("pulumi_backend_url")
+    @classmethod
+    def _backend_url(cls, value: str) -> str:
+        if value:
+            check_backend_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _default_backend(self) -> Settings:
+        if not self.pulumi_backend_url:
+            self.pulumi_backend_url = f"file://{self.state_dir / 'pulumi'}"
+        return self
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state_dir / "work"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        from citrus_deploy.database import check_conninfo
+
+        check_conninfo(value.get_secret_value(), "DATABASE_URL")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_are_real(self) -> Settings:
+        token = self.admin_token.get_secret_value()
+        if token and not set(token) <= ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                "ADMIN_TOKEN may hold only printable ASCII without spaces (it is sent as "
+                "`Authorization: Bearer <token>`): no whitespace (such as a newline at the end "
+                "of the file it was read from), no control characters, no non-ASCII"
+            )
+        if self.citrus_env != "development":
+            if token.lower() in PLACEHOLDERS or len(token) < ADMIN_TOKEN_MIN:
+                raise ValueError(
+                    f"ADMIN_TOKEN must be a real secret of at least {ADMIN_TOKEN_MIN} characters "
+                    "(e.g. `openssl rand -hex 32`); placeholders are accepted only with "
+                    "CITRUS_ENV=development"
+                )
+        elif token == "":
+            raise ValueError("ADMIN_TOKEN must not be empty")
+        return self
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.docs if self.docs is not None else self.citrus_env == "development"
+
+    def check_deployer(self) -> None:
+        """What only workers need: the passphrase, a virtual environment for the CLI to run
+        the program in, a state directory they can write. Raises SettingsError."""
+        import sys
+
+        if not (self.pulumi_config_passphrase or self.pulumi_config_passphrase_file):
+            raise SettingsError(
+                f"CITRUS_DEPLOYER={self.deployer} needs PULUMI_CONFIG_PASSPHRASE or "
+                "PULUMI_CONFIG_PASSPHRASE_FILE (it encrypts the secrets in the stacks' state)"
+            )
+        if self.deployer == "automation" and sys.prefix == sys.base_prefix:
+            raise SettingsError(
+                f"the worker runs on {sys.executable}, which is not a virtual environment: the "
+                "Pulumi CLI runs the program with the worker's own environment (its "
+                "`virtualenv`), so start the worker from the virtual environment the package "
+                "is installed in (e.g. .venv/bin/citrus-deploy service worker)"
+            )
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(
+                f"CITRUS_STATE_DIR={self.state_dir} cannot be used ({exc.strerror}): the worker "
+                "keeps its Pulumi work directory there"
+            ) from None
+
+    # -- the stack config of one deployment --------------------------------------------------
+
+    def stack_config(self, record: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
+        """`project:key` (or `digitalocean:token`) -> (value, secret) for one stack.
+
+        `record` is the non-secret config kept in the deployment record: serverName and
+        agentName over HTTP; a GitOps file's keys (size, tags, `digitalocean:apiEndpoint` ...).
+        Keys without `:` get the project prefix; values keep their types (`true`, `["web"]`),
+        which the deployer hands the CLI as the project declares them. The record's values win
+        over the service's defaults (ENGINE_WS_URL, CITRUS_SSH_KEYS, CITRUS_DROPLET_TAGS);
+        secrets always come from the service's settings, whatever the record holds.
+        """
+        values: dict[str, tuple[Any, bool]] = {}
+        stand_ins = TEST_ENGINE_STAND_INS if self.deployer == "test-engine" else {}
+        plain: dict[str, Any] = {
+            "engineWsUrl": self.engine_ws_url or stand_ins.get("engineWsUrl"),
+            "sshKeys": list(self.ssh_keys) or None,
+            "tags": list(self.droplet_tags) or None,
+        }
+        for key, default in plain.items():
+            if default:
+                values[f"{PROJECT}:{key}"] = (default, False)
+        for key, raw in record.items():
+            if raw is None:
+                continue
+            full = key if ":" in key else f"{PROJECT}:{key}"
+            values[full] = (raw, False)
+        # Secrets come only from the service's settings, never from a record (even one edited
+        # by hand): a record's value is dropped, not sent in the clear.
+        values[f"{PROJECT}:databaseUrl"] = (self.database_url.get_secret_value(), True)
+        secret = {
+            "githubToken": self.github_token,
+            "digitalocean:token": self.digitalocean_token,
+        }
+        for key, secret_value in secret.items():
+            full = key if ":" in key else f"{PROJECT}:{key}"
+            value = secret_value.get_secret_value() if secret_value else stand_ins.get(key)
+            if value:
+                values[full] = (value, True)
+            else:
+                values.pop(full, None)
+        return values
+
+    def check_stack_config(self) -> None:
+        """Runs the program's config rules on a sample stack; raises SettingsError if they fail.
+
+        Web and worker call it at start, so a missing GITHUB_TOKEN is reported once, at start,
+        rather than as a failed deployment per request.
+        """
+        flat = {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, (v, _secret) in self.stack_config({"serverName": "probe-1"}).items()
+        }
+        prefix = f"{PROJECT}:"
+        try:
+            stack_config.load(
+                lambda key: flat.get(prefix + key),
+                stack="probe-1",
+                get_provider=lambda key: flat.get(f"digitalocean:{key}"),
+                environ={},
+            )
+        except stack_config.InvalidConfig as exc:
+            raise SettingsError(f"the service cannot build valid stacks: {exc}") from None
+
+    def secret_values(self) -> list[str]:
+        """Every secret the engine output must never show (redacted before it is stored).
+
+        Not ADMIN_TOKEN: a deployment never gets it (service.child.WORKER_ONLY_ENV).
+        """
+        from psycopg.conninfo import conninfo_to_dict
+
+        found: list[str] = []
+        for item in (
+            self.digitalocean_token,
+            self.github_token,
+            self.pulumi_config_passphrase,
+        ):
+            if item is not None and item.get_secret_value():
+                found.append(item.get_secret_value())
+        password = conninfo_to_dict(self.database_url.get_secret_value()).get("password")
+        if password:
+            found.append(str(password))
+        found.append(self.database_url.get_secret_value())
+        # A postgres:// state backend's URL holds its password, and the CLI shows the URL
+        # when it cannot reach it (`unable to open state database "<url>"`).
+        backend = urlsplit(self.pulumi_backend_url)
+        if backend.password:
+            found += [backend.password, self.pulumi_backend_url]
+        return sorted(set(found), key=len, reverse=True)
+
+    def deployer_options(self) -> dict[str, Any]:
+        """What the deployer child process needs besides the stack config."""
+        passphrase = self.pulumi_config_passphrase
+        return {
+            "deployer": self.deployer,
+            "backend_url": self.pulumi_backend_url,
+            "passphrase": passphrase.get_secret_value() if passphrase else None,
+            "passphrase_file": str(self.pulumi_config_passphrase_file or "") or None,
+            "step_delay": self.test_engine_step_delay,
+            "stop_grace": self.deploy_stop_grace_seconds,
+            "work_dir": str(self.work_dir),
+        }
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; raises SettingsError naming every bad variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"  - {where}: {err['msg']}")
+        raise SettingsError("invalid service settings:\n" + "\n".join(problems)) from None
