@@ -311,14 +311,20 @@ class FleetWatch:
     """One poller per web process: reads the fleet every FLEET_INTERVAL while a page listens,
     and wakes the listeners when it changed. With it, it reads which of the listening sessions
     were signed out, so their streams end within a poll. The connection is the pool's for one
-    read only."""
+    read only.
+
+    The listeners wait on an asyncio.Event that the poller replaces at each change, never on a
+    lock: a stream is cancelled whenever its client goes away, and a cancelled wait on a
+    Condition (inside asyncio.wait_for) can leave its lock released by the wrong waiter, after
+    which every stream and the poller block for good.
+    """
 
     pool: psycopg_pool.AsyncConnectionPool[Any]
     rows: tuple[FleetRow, ...] | None = None
     version: int = 0
     listeners: dict[str, int] = field(default_factory=dict)  # session id -> open streams
     signed_out: frozenset[str] = frozenset()
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
     def join(self, session_id: str) -> None:
@@ -329,48 +335,50 @@ class FleetWatch:
         if self.listeners[session_id] <= 0:
             del self.listeners[session_id]
 
+    def _publish(self, rows: tuple[FleetRow, ...], gone: frozenset[str]) -> None:
+        """The new state, then every waiter woken (a new event for the next change)."""
+        if rows != self.rows:
+            self.rows, self.version = rows, self.version + 1
+        self.signed_out = gone
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def _run(self) -> None:
-        while self.listeners:
-            try:
-                rows = await load_fleet(self.pool)
-                gone = await signed_out_among(self.pool, self.listeners)
-            except DB_DOWN as exc:
-                log.warning("console: fleet not read, database unreachable (%s)", type(exc))
-            except Exception:
-                log.exception("console: fleet not read")
-            else:
-                if rows != self.rows or gone != self.signed_out:
-                    async with self._changed:
-                        if rows != self.rows:
-                            self.rows, self.version = rows, self.version + 1
-                        self.signed_out = gone
-                        self._changed.notify_all()
-            await asyncio.sleep(FLEET_INTERVAL)
-        self.rows, self.signed_out, self._task = None, frozenset(), None
+        try:
+            while self.listeners:
+                try:
+                    rows = await load_fleet(self.pool)
+                    gone = await signed_out_among(self.pool, self.listeners)
+                except DB_DOWN as exc:
+                    log.warning("console: fleet not read, database unreachable (%s)", type(exc))
+                except Exception:
+                    log.exception("console: fleet not read")
+                else:
+                    if rows != self.rows or gone != self.signed_out:
+                        self._publish(rows, gone)
+                await asyncio.sleep(FLEET_INTERVAL)
+        finally:
+            # However it ends, the next listener starts a new poller.
+            self.rows, self.signed_out, self._task = None, frozenset(), None
 
     async def next(
         self, session_id: str, seen: int, timeout: float
     ) -> tuple[int, tuple[FleetRow, ...] | None]:
         """The rows once their version is past `seen`, or (seen, None) after `timeout` or once
-        the session is in `signed_out`."""
+        the session is in `signed_out`. Cancelling it (the client went away) leaves nothing
+        behind: the only thing awaited is an Event."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(
-                        lambda: (
-                            session_id in self.signed_out
-                            or (self.version > seen and self.rows is not None)
-                        )
-                    ),
-                    timeout,
-                )
-            except TimeoutError:
-                return seen, None
-            if session_id in self.signed_out:
-                return seen, None
-            return self.version, self.rows
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if session_id in self.signed_out:
+                        return seen, None
+                    if self.version > seen and self.rows is not None:
+                        return self.version, self.rows
+                    await self._changed.wait()
+        except TimeoutError:
+            return seen, None
 
 
 def age(then: datetime | None, now: datetime | None = None) -> str:
