@@ -514,3 +514,15 @@ CREATE TABLE IF NOT EXISTS console_signouts (
 
 CREATE INDEX IF NOT EXISTS console_signouts_expires_at ON console_signouts (expires_at);
 -- (end of the console block)
+
+-- -- The operator console's signing secret (service/console.py, service/console.sql) ---------------
+-- One random row, made by the first web process that needs it. Every web process reads it once
+-- and signs the console's cookies with scrypt(ADMIN_TOKEN, salt = secret): a cookie no longer
+-- lets the token be guessed offline, sessions hold across web processes, and a new ADMIN_TOKEN
+-- still signs everyone out. Deleting the row and restarting the web processes does too.
+CREATE TABLE IF NOT EXISTS console_secret (
+    id         boolean     PRIMARY KEY DEFAULT true CONSTRAINT console_secret_one CHECK (id),
+    secret     bytea       NOT NULL CONSTRAINT console_secret_32_bytes CHECK (length(secret) = 32),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+-- (end of the console secret block)

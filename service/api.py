@@ -300,7 +300,7 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(authenticated)])
             "model": DeployAccepted,
             "description": "Queued (or still running after the wait). Location: the server.",
         },
-        **responses(400, 401, 408, 409, 413, 422, 503),
+        **responses(400, 401, 408, 409, 413, 422, 429, 503),
     },
     summary="Deploy a new server with its agent",
 )
@@ -359,7 +359,7 @@ async def deploy_with_agent(
 @router.get(
     "/servers",
     response_model=ServerList,
-    responses=responses(401, 422, 503),
+    responses=responses(401, 422, 429, 503),
     summary="List servers with their status and last deployment",
 )
 async def list_servers(
@@ -395,7 +395,7 @@ async def list_servers(
 @router.get(
     "/servers/{name}",
     response_model=ServerOut,
-    responses=responses(401, 404, 422, 503),
+    responses=responses(401, 404, 422, 429, 503),
     summary="One server: rows, status, IP, current and last deployment with output tail",
 )
 async def get_server(pool: Pool, settings: AppSettings, name: ServerName) -> ServerOut:
@@ -411,7 +411,7 @@ async def get_server(pool: Pool, settings: AppSettings, name: ServerName) -> Ser
     response_model=DestroyAccepted,
     responses={
         202: {"description": "Destroy queued. Location: the deployment."},
-        **responses(401, 404, 409, 422, 503),
+        **responses(401, 404, 409, 422, 429, 503),
     },
     summary="Destroy the server's stack and its rows",
 )
@@ -429,7 +429,7 @@ async def delete_server(pool: Pool, room: Room, name: ServerName) -> JSONRespons
 @router.get(
     "/deployments/{deployment_id}",
     response_model=DeploymentOut,
-    responses=responses(401, 404, 422, 503),
+    responses=responses(401, 404, 422, 429, 503),
     summary="One deployment with the tail of its output",
 )
 async def get_deployment(

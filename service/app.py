@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from procrastinate import PsycopgConnector
 
 from service import api, boot_reports, console, health, metrics, tasks
+from service.failures import FailureLimit
 from service.http_errors import install_error_handlers
 from service.middleware import BodyLimit, HeadAsGet
 from service.pool import open_pool
@@ -70,7 +71,6 @@ def create_app(settings: Settings) -> FastAPI:
         # wait=False: the service starts (and answers 503) while the database is down.
         await pool.open(wait=False)
         app.state.pool = pool
-        app.state.admin_token = settings.admin_token.get_secret_value().encode()
         with tasks.app.replace_connector(PsycopgConnector()) as queue:
             async with queue.open_async(pool):
                 yield
@@ -88,6 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings  # dependencies.get_settings
+    app.state.admin_token = settings.admin_token.get_secret_value().encode()
+    # Wrong admin tokens per client, for every route that takes one (service/failures.py).
+    app.state.failures = FailureLimit()
     api.install_queue_room(app, settings)
     app.add_middleware(
         BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
