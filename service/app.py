@@ -18,7 +18,7 @@ from typing import Any
 import psycopg_pool
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from procrastinate import PsycopgConnector
 
@@ -99,6 +99,11 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     if settings.docs_enabled:
         _install_docs(app)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        """The service's address in a browser: the operator console."""
+        return RedirectResponse(console.PREFIX, status_code=303)
 
     app.include_router(api.router)
     app.include_router(boot_reports.router)

@@ -68,6 +68,14 @@ def test_no_name_follows_the_old_rule(client: TestClient, service_db: str, body:
     assert config == {"serverName": name, "agentName": f"agent-{millis.group(1)}"}
 
 
+def test_the_root_leads_to_the_console(client: TestClient) -> None:
+    for method in ("GET", "HEAD"):
+        response = client.request(method, "/", follow_redirects=False)
+        assert (response.status_code, response.headers["location"]) == (303, "/console")
+    signed_out = client.get("/")
+    assert signed_out.url.path == "/console/sign-in"
+
+
 def test_generated_names_never_collide(client: TestClient, service_db: str) -> None:
     names = {client.post(DEPLOY, headers=AUTH).json()["server"]["name"] for _ in range(5)}
 
