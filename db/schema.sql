@@ -189,8 +189,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS servers_name_lower_key ON servers (lower(name)
 -- waits in ON CONFLICT for the winner's commit, then does nothing and tries the next suffix;
 -- no error, no subtransaction. A function rather than one statement because each statement of
 -- the loop must see what committed after the call began: one statement keeps one snapshot.
+-- (Its three-argument version, before `chosen`, is dropped: a new argument makes a second
+-- function, not a replacement.)
+DROP FUNCTION IF EXISTS deployments_insert_generated_up(text, text, integer);
 CREATE OR REPLACE FUNCTION deployments_insert_generated_up(
-    server_base text, agent_base text, tries integer
+    server_base text, agent_base text, tries integer, chosen jsonb
 ) RETURNS SETOF deployments LANGUAGE plpgsql AS $$
 DECLARE
     candidate text;
@@ -199,7 +202,7 @@ BEGIN
     FOR n IN 1..tries LOOP
         candidate := server_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END;
         INSERT INTO deployments (server_name, kind, config)
-        SELECT candidate, 'up', jsonb_build_object(
+        SELECT candidate, 'up', chosen || jsonb_build_object(
             'serverName', candidate,
             'agentName', agent_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END)
         WHERE NOT EXISTS (SELECT FROM servers WHERE lower(name) = lower(candidate))

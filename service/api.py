@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from citrus.validation import SERVER_NAME_MAX
+from citrus.validation import REGION_PATTERN, SERVER_NAME_MAX, SIZE_MAX, SIZE_PATTERN
 from db import queries
 from service import boot_reports, deployments
 from service.dependencies import NAME_PATTERN, AppSettings, Pool, ServerName, authenticated
@@ -35,7 +35,10 @@ ROOM_FRESH_SECONDS = 1.0
 
 
 class DeployRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """What a POST may set. Any other field is refused (422 naming it): one ignored silently
+    (`regoin`) would deploy something else than was asked."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(
         None,
@@ -48,6 +51,21 @@ class DeployRequest(BaseModel):
         # Documented for clients; enforced by citrus.validation.server_name, whose message
         # names the rule (the same check the Pulumi program runs).
         json_schema_extra={"pattern": NAME_PATTERN, "maxLength": SERVER_NAME_MAX},
+    )
+    region: str | None = Field(
+        None,
+        description="DigitalOcean region slug. Omitted or null: Pulumi.yaml's default (sfo3).",
+        examples=["nyc3"],
+        # Enforced by citrus.validation.region, the rule the Pulumi program runs.
+        json_schema_extra={"pattern": REGION_PATTERN},
+    )
+    size: str | None = Field(
+        None,
+        description="DigitalOcean size slug. Omitted or null: Pulumi.yaml's default "
+        "(s-1vcpu-512mb-10gb).",
+        examples=["s-2vcpu-4gb"],
+        # Enforced by citrus.validation.size.
+        json_schema_extra={"pattern": SIZE_PATTERN, "maxLength": SIZE_MAX},
     )
 
 
@@ -319,7 +337,9 @@ async def deploy_with_agent(
 ) -> JSONResponse:
     name = body.name if body and body.name else None
     await room.check(pool)
-    dep = await deployments.enqueue_up(pool, name)
+    dep = await deployments.enqueue_up(
+        pool, name, region=body.region if body else None, size=body.size if body else None
+    )
     location = {"Location": f"/admin/servers/{dep.server_name}"}
     if wait:
         limit = min(timeout or settings.wait_max_seconds, settings.wait_max_seconds)

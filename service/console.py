@@ -851,7 +851,11 @@ class Console:
         pool = self.pool(request)
         try:
             await self.queue_has_room(request, pool)
-            await deployments.enqueue_up(pool, name)
+            # In the region and of the size the failed `up` was asked for.
+            last = await deployments.last_up_config(pool, name) or {}
+            await deployments.enqueue_up(
+                pool, name, region=last.get("region"), size=last.get("size")
+            )
         except (InvalidValue, DeploymentConflict) as exc:
             code = 422 if isinstance(exc, InvalidValue) else 409
             return await self._server_page(request, session, name, status=code, message=str(exc))

@@ -17,6 +17,7 @@ import psycopg_pool
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 
 from service import console, failures
 from service.app import create_app
@@ -563,6 +564,27 @@ def test_retry_queues_an_up_of_a_failed_server(signed_in: TestClient, settings: 
     )
     assert answer.status_code == 303
     assert queued(settings) == [("web-3", "up"), ("web-3", "up")]
+
+
+def test_retry_keeps_the_region_and_size_asked_for(
+    signed_in: TestClient, settings: Settings
+) -> None:
+    with psycopg.connect(database(settings)) as conn:
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, config, finished_at) VALUES "
+            "('web-3', 'up', 'failed', %s, now())",
+            (Jsonb({"serverName": "web-3", "region": "nyc3", "size": "s-2vcpu-4gb"}),),
+        )
+    answer = signed_in.post(
+        "/console/servers/web-3/retry",
+        data={"csrf": csrf_of(signed_in)},
+        headers=ORIGIN,
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert rows(database(settings), "SELECT config FROM deployments ORDER BY id")[-1] == (
+        {"serverName": "web-3", "region": "nyc3", "size": "s-2vcpu-4gb"},
+    )
 
 
 # -- what the pages show ------------------------------------------------------------------------
