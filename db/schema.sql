@@ -189,9 +189,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS servers_name_lower_key ON servers (lower(name)
 -- waits in ON CONFLICT for the winner's commit, then does nothing and tries the next suffix;
 -- no error, no subtransaction. A function rather than one statement because each statement of
 -- the loop must see what committed after the call began: one statement keeps one snapshot.
--- (Its three-argument version, before `chosen`, is dropped: a new argument makes a second
--- function, not a replacement.)
-DROP FUNCTION IF EXISTS deployments_insert_generated_up(text, text, integer);
+-- `chosen`: the rest of the config (region, size), under the names.
 CREATE OR REPLACE FUNCTION deployments_insert_generated_up(
     server_base text, agent_base text, tries integer, chosen jsonb
 ) RETURNS SETOF deployments LANGUAGE plpgsql AS $$
@@ -215,6 +213,13 @@ BEGIN
         END IF;
     END LOOP;
 END
+$$;
+
+-- The version before `chosen`, for a web process of the previous release while it runs on.
+CREATE OR REPLACE FUNCTION deployments_insert_generated_up(
+    server_base text, agent_base text, tries integer
+) RETURNS SETOF deployments LANGUAGE sql AS $$
+    SELECT * FROM deployments_insert_generated_up(server_base, agent_base, tries, '{}')
 $$;
 
 -- The running attempt's own heartbeat, written by the worker that runs it. procrastinate's

@@ -86,7 +86,7 @@ FAILED_SIGN_IN_DELAY = 0.5
 DEVICE_COOKIE = "citrus_device"
 DEVICE_SECONDS = 365 * 86400
 # The cookies' key: scrypt of ADMIN_TOKEN salted with the random secret in PostgreSQL
-# (console_secret). About 50 ms and 16 MiB, once per web process.
+# (console_secret). About 25 ms and 16 MiB, once per web process.
 KDF = {"n": 2**14, "r": 8, "p": 1}
 
 DB_DOWN = (
