@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import Request
 
 from service import console, failures
 from service.settings import SettingsError, load_settings
@@ -161,8 +162,6 @@ def test_memory_is_bounded_and_the_oldest_client_goes_first() -> None:
     ],
 )
 def test_an_ipv6_client_is_its_64(address: str, client: str) -> None:
-    from starlette.requests import Request
-
     request = Request({"type": "http", "client": (address, 1234), "headers": []})
     assert failures.client_key(request) == client
 
