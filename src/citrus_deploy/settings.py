@@ -7,6 +7,7 @@ settings plus the server and agent names, and checked with the program's own rul
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -166,6 +167,10 @@ class Settings(BaseSettings):
         8 * 3600, ge=60, le=30 * 86400, validation_alias="CITRUS_SESSION_SECONDS"
     )
     cookie_secure: bool | None = Field(None, validation_alias="CITRUS_COOKIE_SECURE")
+    # The reverse proxies whose X-Forwarded-For (the client's address) and X-Forwarded-Proto
+    # uvicorn believes: comma-separated addresses or networks. Unset: none, the client is the
+    # connection's peer (the limit on wrong admin tokens counts per client: service/failures.py).
+    forwarded_allow_ips: str | None = Field(None, validation_alias="CITRUS_FORWARDED_ALLOW_IPS")
 
     @field_validator("ssh_keys", "droplet_tags", mode="before")
     @classmethod
@@ -194,6 +199,30 @@ class Settings(BaseSettings):
     def work_dir(self) -> Path:
         return self.state_dir / "work"
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        items = [item.strip() for item in value.split(",")]
+        if "*" in items:
+            raise ValueError(
+                "CITRUS_FORWARDED_ALLOW_IPS=* would believe the X-Forwarded-For of every "
+                "client, so anyone could pose as any address and the limit on wrong admin "
+                "tokens would count nothing: name the proxies' addresses (127.0.0.1, "
+                "10.0.0.0/8)"
+            )
+        for item in items:
+            try:
+                ipaddress.ip_network(item)
+            except ValueError:
+                raise ValueError(
+                    f"CITRUS_FORWARDED_ALLOW_IPS: {item!r} is not an IP address or network "
+                    "(comma-separated, such as 127.0.0.1,10.0.0.0/8; a network without host "
+                    "bits)"
+                ) from None
+        return ",".join(items)
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr) -> SecretStr:
@@ -221,6 +250,11 @@ class Settings(BaseSettings):
         elif token == "":
             raise ValueError("ADMIN_TOKEN must not be empty")
         return self
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        """CITRUS_FORWARDED_ALLOW_IPS as uvicorn's forwarded_allow_ips (empty: trust none)."""
+        return self.forwarded_allow_ips.split(",") if self.forwarded_allow_ips else []
 
     @property
     def docs_enabled(self) -> bool:

@@ -5,21 +5,14 @@ the test's tmp_path), named in its report."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from citrus_deploy.standin.pg import free_port
 from tests.browser.chrome import missing
-from tests.paths import REPO
-from tests.service.conftest import Worker, launch_worker, starter
+from tests.service.conftest import Web, Worker, launch_worker, starter
 
 REASON = missing()
 
@@ -56,43 +49,6 @@ def pytest_runtest_makereport(
         saved.append(f"(screenshots stopped: {type(exc).__name__}: {exc})")
     report.sections.append(("screenshots", "\n".join(saved) or "(no tab open)"))
     return report
-
-
-class Web:
-    """`python -m service web` in a process of its own, on a free port."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        clean = {k: v for k, v in os.environ.items() if k not in env}
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "citrus_deploy", "service", "web"],
-                cwd=REPO,
-                env={**clean, **env, "CITRUS_PORT": str(self.port)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the web process did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

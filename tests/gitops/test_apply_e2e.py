@@ -1,6 +1,6 @@
 """`apply --workers 2` end to end: 20 stack files become 20 agents + servers rows, all Ready.
 
-Real Git repository, real PostgreSQL, two real `python -m service worker` processes started
+Real Git repository, real PostgreSQL, two real `citrus-deploy service worker` processes started
 by apply itself (gitops.workers), the engine stand-in; agents come online only through the
 hub stand-in (tests.gitops.conftest.Hub, the true boundary).
 """

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from citrus_deploy.settings import Settings, load_settings
-from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.standin.pg import PgServer, free_port
 from citrus_deploy.store.queue_schema import migrate
 from citrus_deploy.web.app import create_app
 from tests.conftest import create_database as create_database  # re-exported: modules import it
@@ -76,7 +77,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 class Worker:
-    """`python -m service worker` in a process of its own (killable like a real one)."""
+    """`citrus-deploy service worker` in a process of its own (killable like a real one)."""
 
     def __init__(self, env: dict[str, str], log: Path, cwd: Path = REPO) -> None:
         self.env = env
@@ -144,6 +145,48 @@ def launch_worker(env: dict[str, str], log: Path) -> Worker:
 @pytest.fixture
 def start_worker(service_db: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield from starter(launch_worker, "worker", service_db, tmp_path)
+
+
+class Web:
+    """`citrus-deploy service web` in a process of its own, on a free port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        clean = {k: v for k, v in os.environ.items() if k not in env}
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "citrus_deploy", "service", "web"],
+                cwd=REPO,
+                env={**clean, **env, "CITRUS_PORT": str(self.port)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the web process did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_web(service_db: str, tmp_path: Path) -> Iterator[Callable[..., Web]]:
+    yield from starter(Web, "web", service_db, tmp_path)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

@@ -68,6 +68,71 @@ def test_no_name_follows_the_old_rule(client: TestClient, service_db: str, body:
     assert config == {"serverName": name, "agentName": f"agent-{millis.group(1)}"}
 
 
+def test_region_and_size_go_into_the_deployments_config(
+    client: TestClient, service_db: str
+) -> None:
+    named = client.post(
+        DEPLOY, json={"name": "web-1", "region": "nyc3", "size": "s-2vcpu-4gb"}, headers=AUTH
+    )
+    generated = client.post(DEPLOY, json={"size": "c-4"}, headers=AUTH)
+
+    assert (named.status_code, generated.status_code) == (202, 202), named.text
+    name = generated.json()["server"]["name"]
+    configs = [
+        config for (config,) in rows(service_db, "SELECT config FROM deployments ORDER BY id")
+    ]
+    assert configs == [
+        {"serverName": "web-1", "region": "nyc3", "size": "s-2vcpu-4gb"},
+        {"serverName": name, "agentName": "agent-" + name.removeprefix("server-"), "size": "c-4"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "field"),
+    [
+        ({"name": "web-1", "region": "SFO3"}, "invalid_value", "region"),
+        ({"name": "web-1", "region": "sfo3; reboot"}, "invalid_value", "region"),
+        ({"name": "web-1", "size": "s 1"}, "invalid_value", "size"),
+        ({"name": "web-1", "size": "x" * 65}, "invalid_value", "size"),
+        ({"name": "web-1", "region": ""}, "invalid_value", "region"),
+        ({"name": "web-1", "region": 3}, "invalid_request", "region"),
+        ({"name": "web-1", "regoin": "nyc3"}, "invalid_request", "regoin"),
+        ({"name": "web-1", "image": "debian-12-x64"}, "invalid_request", "image"),
+        ({"githubToken": "ghp_x"}, "invalid_request", "githubToken"),
+    ],
+)
+def test_a_bad_or_unknown_field_is_422_naming_it(
+    client: TestClient, service_db: str, body: dict[str, Any], error: str, field: str
+) -> None:
+    """An unknown field was ignored silently (a typo deployed sfo3): now it is refused."""
+    response = client.post(DEPLOY, json=body, headers=AUTH)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == error
+    assert [f["field"] for f in response.json()["fields"]] == [field]
+    assert response.json()["fields"][0]["rule"]
+    assert rows(service_db, "SELECT count(*) FROM deployments") == [(0,)]
+
+
+def test_the_schema_lists_region_and_size_and_no_other_field(client: TestClient) -> None:
+    request = client.get("/openapi.json").json()["components"]["schemas"]["DeployRequest"]
+
+    assert request["additionalProperties"] is False
+    assert sorted(request["properties"]) == ["name", "region", "size"]
+    for field in ("region", "size"):
+        described = request["properties"][field]
+        assert described["pattern"].startswith("^")
+        assert "Pulumi.yaml" in described["description"]
+
+
+def test_the_root_leads_to_the_console(client: TestClient) -> None:
+    for method in ("GET", "HEAD"):
+        response = client.request(method, "/", follow_redirects=False)
+        assert (response.status_code, response.headers["location"]) == (303, "/console")
+    signed_out = client.get("/")
+    assert signed_out.url.path == "/console/sign-in"
+
+
 def test_generated_names_never_collide(client: TestClient, service_db: str) -> None:
     names = {client.post(DEPLOY, headers=AUTH).json()["server"]["name"] for _ in range(5)}
 

@@ -12,9 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 
 from citrus_deploy.queue import stale
 from citrus_deploy.web import boot_reports
@@ -222,6 +225,139 @@ def test_a_report_that_breaks_the_schema_is_refused(
     assert answer.json()["error"] == "invalid_report"
     assert [f["field"] for f in answer.json()["fields"]] == ["step"]
     assert steps(service_db) == []
+
+
+def raw_report(seq: int = 1, **fields: Any) -> bytes:
+    """report(), its JSON as json.dumps writes it (NaN, Infinity, \\u escapes of anything)."""
+    body = json.loads(report(seq))
+    return json.dumps({**body, **fields}).encode()
+
+
+DEEP = 1000  # levels of nesting: within the body limits, past any parser's taste
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # These answered 500: PostgreSQL refused the value in the INSERT.
+        pytest.param(raw_report(label="start\x00"), "label", id="nul-in-label"),
+        pytest.param(raw_report(event="failure", tail="fatal\x00"), "tail", id="nul-in-tail"),
+        pytest.param(raw_report(at=10**15), "at", id="at-10e15"),
+        pytest.param(raw_report(at=2**63), "at", id="at-2e63"),
+        pytest.param(raw_report(at=1e15), "at", id="at-float-10e15"),
+        # These were refused already, by the JSON parser: the body, not a field, is named.
+        pytest.param(raw_report(at=float("nan")), "at", id="at-nan"),
+        pytest.param(raw_report(at=float("inf")), "at", id="at-infinity"),
+        pytest.param(
+            report(7).replace(b'"seq":7', b'"seq":' + b"9" * 5000), "body", id="seq-5000-digits"
+        ),
+        pytest.param(raw_report(label="\ud800"), "body", id="lone-surrogate"),
+        pytest.param(raw_report(label="\udcff"), "body", id="low-surrogate"),
+        pytest.param(
+            report(label="\udcff").replace(b"\\udcff", b"\xed\xb3\xbf"),
+            "body",
+            id="surrogate-as-utf-8",
+        ),
+        pytest.param(
+            report(label="x").replace(b'"x"', b"[" * DEEP + b"]" * DEEP), "body", id="deep-list"
+        ),
+        pytest.param(
+            report().replace(b"}", b',"x":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}"),
+            "body",
+            id="deep-object",
+        ),
+    ],
+)
+def test_a_report_the_database_cannot_store_is_refused_as_invalid(
+    service_db: str, tmp_path: Path, agent: str, body: bytes, field: str
+) -> None:
+    roomy = make_settings(service_db, tmp_path / "state", CITRUS_MAX_BODY_BYTES="8192")
+    with TestClient(create_app(roomy), raise_server_exceptions=False) as client:
+        answer = post(client, agent, body)
+
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "invalid_report"
+    fields = [f["field"] for f in answer.json()["fields"]]
+    assert fields
+    assert {f.split(".")[0] for f in fields} == {field}, fields
+    assert steps(service_db) == []
+
+
+# Any character (NUL and lone surrogates too), the awkward ones often.
+_ANY_CHARACTER = st.characters(codec=None, categories=None) | st.sampled_from(
+    ["\x00", "\ud800", "\udfff", "\x1b", "\n", "\u2028", "\ufeff"]
+)
+_ANY_TEXT = st.text(_ANY_CHARACTER, max_size=40)
+# Any integer, the edges of PostgreSQL's types and of time often.
+_ANY_INTEGER = st.integers() | st.sampled_from(
+    [-1, 0, 2**31, 2**32, 2**53 + 1, 2**63, 2**64, 10**13, 10**15, 10**30, -(2**63) - 1]
+)
+_HOSTILE = st.recursive(
+    st.none()
+    | st.booleans()
+    | _ANY_INTEGER
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | _ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@st.composite
+def reports(draw: st.DrawFn) -> dict[str, Any]:
+    """A report of the right shape with hostile values (any text, any integer), up to two of
+    its fields replaced by anything JSON carries or left out, perhaps one field more."""
+    typed = {
+        "boot": st.just(BOOT) | _ANY_TEXT,
+        "seq": st.integers(1, 10_000) | _ANY_INTEGER,
+        "at": st.integers(0, 2**40) | _ANY_INTEGER | st.floats(),
+        "step": st.sampled_from(["start", "fetch", "unit", "other"]),
+        "label": _ANY_TEXT,
+        "event": st.sampled_from(["step", "success", "failure"]),
+        "exit": st.none() | st.integers(0, 255) | _ANY_INTEGER,
+        "tail": _ANY_TEXT,
+    }
+    spoilt = draw(st.sets(st.sampled_from(sorted(typed)), max_size=2))
+    body: dict[str, Any] = {}
+    for name, strategy in typed.items():
+        if name not in spoilt:
+            body[name] = draw(strategy)
+        elif draw(st.booleans()):
+            body[name] = draw(_HOSTILE)
+    if draw(st.integers(0, 4)) == 0:
+        body[draw(_ANY_TEXT)] = draw(_HOSTILE)
+    return body
+
+
+# The app's threads (psycopg_pool's connection lifetimes) use the random module while
+# hypothesis draws; our strategies do not.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+def test_no_report_answers_500(client: TestClient, agent: str, service_db: str) -> None:
+    """Fuzzed reports, each signed: recorded, or refused with nothing stored; never a 500."""
+
+    @given(body=reports())
+    @hypothesis.settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
+    def check(body: dict[str, Any]) -> None:
+        with psycopg.connect(service_db) as conn:  # the caps would hide what follows them
+            conn.execute("DELETE FROM boot_steps")
+        answer = post(client, agent, json.dumps(body).encode())
+        assert answer.status_code in (201, 409, 413, 422), (answer.status_code, answer.text)
+        stored = len(steps(service_db))
+        if answer.status_code == 201:
+            assert stored == 1
+        else:
+            assert stored == 0
+        if answer.status_code == 422:
+            assert answer.json()["error"] == "invalid_report"
+            assert answer.json()["fields"]
+
+    assert client.get("/healthz").status_code == 200  # the pool's first connection, before
+    check()
 
 
 def test_a_flood_is_bounded_per_minute(client: TestClient, agent: str, service_db: str) -> None:

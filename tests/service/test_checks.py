@@ -1,6 +1,6 @@
 """Read-only checks: queued, run by real worker processes, and through the Automation API.
 
-The worker tests run `python -m service worker` under the engine stand-in (real row providers
+The worker tests run `citrus-deploy service worker` under the engine stand-in (real row providers
 against PostgreSQL, DigitalOcean faked); the checks through the Automation API and the stand-in
 CLI are in test_automation_deployer.py.
 """

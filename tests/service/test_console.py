@@ -1,21 +1,29 @@
-"""The operator console over TestClient: sign-in, session cookie, CSRF, confirmations, escaping."""
+"""The operator console over TestClient (and, for a session's reach, two real web processes):
+sign-in, session cookie and its key, CSRF, confirmations, escaping."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psycopg
+import psycopg_pool
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 
 from citrus_deploy.settings import Settings
-from citrus_deploy.web import console
+from citrus_deploy.web import console, failures
 from citrus_deploy.web.app import create_app
 from tests.conftest import insert_server
-from tests.service.conftest import TOKEN, make_settings, rows
+from tests.service.conftest import TOKEN, Web, make_settings, rows
 
 ORIGIN = {"Origin": "http://testserver"}
 HOSTILE = "<script>alert('x')</script>"
@@ -209,17 +217,102 @@ def test_the_cookie_is_secure_when_configured(service_db: str, tmp_path: Path) -
 
 
 def test_sessions_expire_and_are_bound_to_the_admin_token() -> None:
-    sessions = console.Sessions(TOKEN, lifetime=60)
+    secret = b"s" * 32  # console_secret's
+    sessions = console.Sessions(console.signing_key(TOKEN, secret), lifetime=60)
     cookie, session = sessions.issue(now=1000)
     assert sessions.read(cookie, now=1059) == session
     assert sessions.read(cookie, now=1060) is None
-    assert console.Sessions(TOKEN + "2", lifetime=60).read(cookie, now=1001) is None
+    other = console.Sessions(console.signing_key(TOKEN + "2", secret), lifetime=60)
+    assert other.read(cookie, now=1001) is None
     assert sessions.read(cookie + "x", now=1001) is None
     assert sessions.read("not.a-cookie", now=1001) is None
 
 
+def test_a_cookie_does_not_let_the_token_be_guessed_offline(
+    client: TestClient, settings: Settings
+) -> None:
+    """The cookies' key is not a function of the token alone (it was an HMAC of it: one cookie
+    let anyone test ~1.5 M guesses a second): it needs the random secret in PostgreSQL too."""
+    cookie, _ = sign_in(client)
+    payload, signature = cookie.split(".")
+
+    def signs(key: bytes) -> bool:
+        mac = hmac.new(key, payload.encode(), hashlib.sha256).digest()
+        return console._b64(mac) == signature
+
+    # What the token alone gave: the old key, and the new key under a guessed secret.
+    assert not signs(hmac.new(TOKEN.encode(), b"citrus console session v1", "sha256").digest())
+    guessed = console.Sessions(console.signing_key(TOKEN, bytes(32)), 60)
+    assert guessed.read(cookie) is None
+    # With the database's secret (and the token) it is the cookie's key: 32 random bytes.
+    [(secret,)] = rows(database(settings), "SELECT secret FROM console_secret")
+    assert len(secret) == 32
+    assert secret != bytes(32)
+    known = console.Sessions(console.signing_key(TOKEN, bytes(secret)), 60)
+    assert known.read(cookie) is not None
+
+
+def test_a_new_admin_token_or_secret_signs_everyone_out(
+    client: TestClient, settings: Settings, service_db: str, tmp_path: Path
+) -> None:
+    cookie, _ = sign_in(client)
+    assert client.get("/console", follow_redirects=False).status_code == 200
+    renewed = make_settings(service_db, tmp_path, ADMIN_TOKEN=TOKEN + "-new")
+    with TestClient(create_app(renewed)) as other:
+        answer = other.get("/console", headers=as_cookie(cookie), follow_redirects=False)
+        assert answer.status_code == 303
+    with psycopg.connect(service_db) as conn:
+        conn.execute("DELETE FROM console_secret")
+    with TestClient(create_app(settings)) as restarted:
+        answer = restarted.get("/console", headers=as_cookie(cookie), follow_redirects=False)
+        assert answer.status_code == 303
+    # The process that read the old secret keeps it until it restarts (read once, cached).
+    assert client.get("/console", follow_redirects=False).status_code == 200
+
+
+def test_web_processes_starting_together_share_one_secret(settings: Settings) -> None:
+    async def load() -> list[bytes]:
+        pool = psycopg_pool.AsyncConnectionPool(database(settings), min_size=8, open=False)
+        async with pool:
+            return list(
+                await asyncio.gather(*(console.load_signing_key(pool, TOKEN) for _ in range(8)))
+            )
+
+    keys = asyncio.run(load())
+    assert len(set(keys)) == 1
+    assert rows(database(settings), "SELECT count(*) FROM console_secret") == [(1,)]
+
+
+def test_a_session_holds_across_two_web_processes(
+    start_web: Callable[..., Web], settings: Settings
+) -> None:
+    first, second = start_web(), start_web()
+    with httpx.Client(base_url=first.url, timeout=10) as http:
+        signed = http.post("/console/sign-in", data={"token": TOKEN}, headers={"Origin": first.url})
+        assert signed.status_code == 303
+        cookie = http.cookies[console.COOKIE]
+    with httpx.Client(base_url=second.url, cookies={console.COOKIE: cookie}, timeout=10) as http:
+        page = http.get("/console")
+        assert (page.status_code, "Sign out" in page.text) == (200, True)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        origin = {"Origin": second.url}
+        deployed = http.post(
+            "/console/servers", data={"csrf": csrf.group(1), "name": "web-1"}, headers=origin
+        )
+        assert (deployed.status_code, deployed.headers["location"]) == (
+            303,
+            "/console/servers/web-1",
+        )
+        signed_out = http.post("/console/sign-out", data={"csrf": csrf.group(1)}, headers=origin)
+        assert signed_out.status_code == 303
+    assert queued(settings) == [("web-1", "up")]
+    refused = httpx.get(f"{first.url}/console", cookies={console.COOKIE: cookie})
+    assert (refused.status_code, refused.headers["location"]) == (303, "/console/sign-in")
+
+
 def test_failed_sign_ins_are_limited(client: TestClient) -> None:
-    for _ in range(console.MAX_FAILURES):
+    for _ in range(failures.MAX_FAILURES):
         answer = client.post("/console/sign-in", data={"token": "guess"}, headers=ORIGIN)
         assert answer.status_code == 401
     blocked = client.post(
@@ -471,6 +564,27 @@ def test_retry_queues_an_up_of_a_failed_server(signed_in: TestClient, settings: 
     )
     assert answer.status_code == 303
     assert queued(settings) == [("web-3", "up"), ("web-3", "up")]
+
+
+def test_retry_keeps_the_region_and_size_asked_for(
+    signed_in: TestClient, settings: Settings
+) -> None:
+    with psycopg.connect(database(settings)) as conn:
+        conn.execute(
+            "INSERT INTO deployments (server_name, kind, state, config, finished_at) VALUES "
+            "('web-3', 'up', 'failed', %s, now())",
+            (Jsonb({"serverName": "web-3", "region": "nyc3", "size": "s-2vcpu-4gb"}),),
+        )
+    answer = signed_in.post(
+        "/console/servers/web-3/retry",
+        data={"csrf": csrf_of(signed_in)},
+        headers=ORIGIN,
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert rows(database(settings), "SELECT config FROM deployments ORDER BY id")[-1] == (
+        {"serverName": "web-3", "region": "nyc3", "size": "s-2vcpu-4gb"},
+    )
 
 
 # -- what the pages show ------------------------------------------------------------------------

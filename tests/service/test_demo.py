@@ -1,4 +1,4 @@
-"""The README's newcomer path, as a newcomer runs it: `python -m service demo`, a POST, a GET,
+"""The README's newcomer path, as a newcomer runs it: `citrus-deploy service demo`, a POST, a GET,
 the stale check flipping the row. Real processes, real PostgreSQL; the engine stand-in stands in for
 the Pulumi engine and DigitalOcean."""
 

@@ -15,8 +15,10 @@ import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 
 from citrus_deploy.standin.pg import free_port
+from citrus_deploy.store.queue_schema import migrate
 from tests.conftest import insert_server
 from tests.paths import REPO
 from tests.service.conftest import AUTH, rows, service_env
@@ -33,7 +35,7 @@ def _clean_environ() -> dict[str, str]:
 
 @pytest.fixture
 def web(service_db: str, tmp_path: Path) -> Iterator[str]:
-    """`python -m service web`: real uvicorn and the real pool, on the loopback."""
+    """`citrus-deploy service web`: real uvicorn and the real pool, on the loopback."""
     port = free_port()
     env = service_env(
         service_db, tmp_path / "state", CITRUS_HOST="127.0.0.1", CITRUS_PORT=str(port)
@@ -171,3 +173,58 @@ def test_the_database_refuses_a_second_active_deployment_in_another_case(service
         conn.execute("INSERT INTO deployments (server_name, kind) VALUES ('WEB-UP', 'up')")
     with psycopg.connect(service_db) as conn, pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("INSERT INTO deployments (server_name, kind) VALUES ('web-up', 'destroy')")
+
+
+# The previous release's generator of names (before it took the region and size).
+PREVIOUS_GENERATED_UP = """
+CREATE OR REPLACE FUNCTION deployments_insert_generated_up(
+    server_base text, agent_base text, tries integer
+) RETURNS SETOF deployments LANGUAGE plpgsql AS $$
+DECLARE
+    candidate text;
+    inserted deployments;
+BEGIN
+    FOR n IN 1..tries LOOP
+        candidate := server_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END;
+        INSERT INTO deployments (server_name, kind, config)
+        SELECT candidate, 'up', jsonb_build_object(
+            'serverName', candidate,
+            'agentName', agent_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END)
+        WHERE NOT EXISTS (SELECT FROM servers WHERE lower(name) = lower(candidate))
+          AND NOT EXISTS (SELECT FROM deployments WHERE server_name = candidate)
+        ON CONFLICT (lower(server_name)) WHERE state IN ('queued', 'running') DO NOTHING
+        RETURNING * INTO inserted;
+        IF FOUND THEN
+            RETURN NEXT inserted;
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$$"""
+
+
+def test_a_database_of_the_previous_release_serves_both_releases_once_migrated(
+    service_db: str,
+) -> None:
+    with psycopg.connect(service_db) as conn:
+        # A database made by this release takes the previous release's call too.
+        fresh = conn.execute(
+            "SELECT config FROM deployments_insert_generated_up('fresh-1', 'agent-f', 1)"
+        ).fetchall()
+        assert fresh == [({"serverName": "fresh-1", "agentName": "agent-f"},)]
+        conn.execute("DROP FUNCTION deployments_insert_generated_up(text, text, integer, jsonb)")
+        conn.execute(PREVIOUS_GENERATED_UP)
+    migrate(service_db)
+    migrate(service_db)  # and again: idempotent
+
+    with psycopg.connect(service_db) as conn:
+        old = conn.execute(
+            "SELECT config FROM deployments_insert_generated_up('server-1', 'agent-1', 3)"
+        ).fetchall()
+        new = conn.execute(
+            "SELECT config FROM deployments_insert_generated_up('server-1', 'agent-1', 3, %s)",
+            (Jsonb({"region": "nyc3", "serverName": "not-this"}),),
+        ).fetchall()
+    assert old == [({"serverName": "server-1", "agentName": "agent-1"},)]
+    # The names are the generator's, whatever `chosen` says.
+    assert new == [({"serverName": "server-1-2", "agentName": "agent-1-2", "region": "nyc3"},)]

@@ -1,6 +1,6 @@
 """The worker rides out PostgreSQL restarts: short and long outages, then deploys again.
 
-A real `python -m service worker` process and a PostgreSQL of the test's own that it stops and
+A real `citrus-deploy service worker` process and a PostgreSQL of the test's own that it stops and
 starts (loopback only, bounded waits).
 """
 

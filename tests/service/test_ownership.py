@@ -1,7 +1,7 @@
 """GitOps deployments through the service's queue, and who manages a server, as the API shows it.
 
 gitops.state.enqueue writes what the HTTP service writes (tests/gitops/test_state.py covers the
-rest of gitops.state); workers are real `python -m service worker` processes running the engine
+rest of gitops.state); workers are real `citrus-deploy service worker` processes running the engine
 stand-in, PostgreSQL is real.
 """
 

@@ -1,6 +1,6 @@
 """Queue and workers for real: HTTP -> queue -> worker process -> program -> rows.
 
-Workers are `python -m service worker` processes running the engine stand-in (the stand-in for the
+Workers are `citrus-deploy service worker` processes running the engine stand-in (the stand-in for the
 Pulumi engine and DigitalOcean); everything else, PostgreSQL included, is real.
 """
 
@@ -94,6 +94,34 @@ def test_wait_true_answers_with_the_full_record(
     )
     assert body["server"]["status"] == "provisioning"
     assert body["server"]["agent"]["name"] == "agent-" + body["server"]["name"].split("-")[1]
+
+
+def test_region_and_size_of_the_post_are_the_droplets(
+    client: TestClient, service_db: str, start_worker: Callable[..., Worker]
+) -> None:
+    """They were ignored: the server got sfo3 and the smallest size whatever was asked."""
+    start_worker()
+
+    named = client.post(
+        DEPLOY + "?wait=true",
+        json={"name": "web-1", "region": "nyc3", "size": "s-2vcpu-4gb"},
+        headers=AUTH,
+    )
+    generated = client.post(DEPLOY + "?wait=true", json={"region": "ams3"}, headers=AUTH)
+
+    assert (named.status_code, generated.status_code) == (200, 200), named.text
+    assert (named.json()["server"]["region"], named.json()["server"]["size"]) == (
+        "nyc3",
+        "s-2vcpu-4gb",
+    )
+    assert (generated.json()["server"]["region"], generated.json()["server"]["size"]) == (
+        "ams3",
+        "s-1vcpu-512mb-10gb",  # Pulumi.yaml's default
+    )
+    assert sorted(rows(service_db, "SELECT region, size FROM servers")) == [
+        ("ams3", "s-1vcpu-512mb-10gb"),
+        ("nyc3", "s-2vcpu-4gb"),
+    ]
 
 
 def test_two_posts_for_one_name_run_one_deployment(

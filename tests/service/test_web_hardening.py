@@ -1,6 +1,6 @@
 """The web service's edges (issue 9): waits, odd names, settings that bite, slow clients, caps.
 
-Each test here failed before its fix. The slow-client tests run `python -m service web` (the real
+Each test here failed before its fix. The slow-client tests run `citrus-deploy service web` (the real
 uvicorn, as cmd_web configures it) on 127.0.0.1 and talk to it over a raw socket, with bounded
 timeouts.
 """
@@ -380,7 +380,7 @@ def test_max_queued_zero_is_no_cap(service_db: str, tmp_path: Path) -> None:
 
 @contextmanager
 def web_process(service_db: str, tmp_path: Path, **extra: str) -> Iterator[int]:
-    """`python -m service web` on 127.0.0.1:<free port>; yields the port once it answers."""
+    """`citrus-deploy service web` on 127.0.0.1:<free port>; yields the port once it answers."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CITRUS_", "ADMIN_"))},

@@ -46,6 +46,12 @@ def cmd_web(_: argparse.Namespace) -> int:
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=16 * 1024,
         limit_concurrency=settings.max_connections,
+        # The client's address is the connection's peer unless it is one of the proxies named
+        # in CITRUS_FORWARDED_ALLOW_IPS. (uvicorn's default believes X-Forwarded-For from
+        # 127.0.0.1, or from FORWARDED_ALLOW_IPS: a client on this machine, or any client of a
+        # local proxy that does not set the header, could pose as any address.)
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies,
     )
     return 0
 

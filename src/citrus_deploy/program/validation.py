@@ -21,6 +21,11 @@ SERVER_NAME_MAX = 63
 
 _REGION = re.compile(r"[a-z]{3}[1-9]")
 _SLUG = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)*")
+# The same rules as JSON Schema patterns, for the service's OpenAPI (anchored: a pattern there
+# matches anywhere otherwise).
+REGION_PATTERN = f"^{_REGION.pattern}$"
+SIZE_PATTERN = f"^{_SLUG.pattern}$"
+SIZE_MAX = 64
 _IMAGE = re.compile(r"[a-z0-9]+(?:[-._][a-z0-9]+)*|[1-9][0-9]{0,18}")
 _AGENT_KEY = re.compile(r"[0-9a-f]{64}")
 _TAG = re.compile(r"[A-Za-z0-9_:-]{1,255}")
@@ -71,7 +76,7 @@ def region(value: object, field: str = "region") -> str:
 
 def size(value: object, field: str = "size") -> str:
     text = required_text(value, field)
-    if len(text) > 64 or not _SLUG.fullmatch(text):
+    if len(text) > SIZE_MAX or not _SLUG.fullmatch(text):
         raise InvalidValue(field, "must be a DigitalOcean size slug such as 's-1vcpu-512mb-10gb'")
     return text
 

@@ -139,19 +139,37 @@ def default_names(now_ms: int) -> tuple[str, str]:
 
 
 async def enqueue_up(
-    pool: AsyncConnectionPool[Any], name: str | None, *, tail: int = 0
+    pool: AsyncConnectionPool[Any],
+    name: str | None,
+    *,
+    region: str | None = None,
+    size: str | None = None,
+    tail: int = 0,
 ) -> Deployment:
-    """Queues an `up` for `name` (validated), or for `server-<unix millis>` when None.
+    """Queues an `up` for `name` (validated), or for `server-<unix millis>` when None, in
+    `region` and of `size` when given (validated; else the stack's defaults, Pulumi.yaml).
 
-    Raises InvalidValue for a bad name, DeploymentConflict when the name is taken (in any case:
-    names are hostnames). A generated name that is taken (requests in the same millisecond) gets
-    the first free suffix, `server-<millis>-2` and on, chosen by the database in the insert.
+    Raises InvalidValue for a bad name, region or size, DeploymentConflict when the name is
+    taken (in any case: names are hostnames). A generated name that is taken (requests in the
+    same millisecond) gets the first free suffix, `server-<millis>-2` and on, chosen by the
+    database in the insert.
     """
+    # In the deployment's config record, so the worker's `up` sets them in the stack.
+    chosen: dict[str, Any] = {}
+    if region is not None:
+        chosen["region"] = validation.region(region, "region")
+    if size is not None:
+        chosen["size"] = validation.size(size, "size")
     if name is not None:
         validation.server_name(name, "name")
-        return await _enqueue(pool, "up", name, {"serverName": name})
+        return await _enqueue(pool, "up", name, {"serverName": name, **chosen})
     server, agent = default_names(int(time.time() * 1000))
-    generated = {"server_base": server, "agent_base": agent, "tries": _GENERATED_NAME_TRIES}
+    generated = {
+        "server_base": server,
+        "agent_base": agent,
+        "tries": _GENERATED_NAME_TRIES,
+        "chosen": Jsonb(chosen),
+    }
     return await _enqueue(pool, "up", server, {}, generated=generated)
 
 
@@ -196,7 +214,7 @@ async def enqueue_destroy(
         return Deployment.from_row(row)
     server = await get_server(pool, name)
     # The same non-secret config as the stack's last `up` (e.g. its agentName).
-    config = await _last_config(pool, name) or {"serverName": name}
+    config = await last_up_config(pool, name) or {"serverName": name}
     return await _enqueue(pool, "destroy", server.name, config)
 
 
@@ -276,7 +294,8 @@ def _case_note(name: str, holder: str) -> str:
     return "" if holder == name else f" (names are hostnames: {name!r} is the same name)"
 
 
-async def _last_config(pool: AsyncConnectionPool[Any], name: str) -> dict[str, Any] | None:
+async def last_up_config(pool: AsyncConnectionPool[Any], name: str) -> dict[str, Any] | None:
+    """The config record of the name's last `up` (None if it never had one)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT config FROM deployments WHERE server_name = %s AND kind = 'up' "

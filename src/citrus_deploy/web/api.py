@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from citrus_deploy.program.validation import SERVER_NAME_MAX
+from citrus_deploy.program.validation import REGION_PATTERN, SERVER_NAME_MAX, SIZE_MAX, SIZE_PATTERN
 from citrus_deploy.settings import Settings
 from citrus_deploy.store import deployments, queries
 from citrus_deploy.store.deployments import Deployment, GitOpsStatus, ManagedBy, Server
@@ -41,7 +41,10 @@ ROOM_FRESH_SECONDS = 1.0
 
 
 class DeployRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """What a POST may set. Any other field is refused (422 naming it): one ignored silently
+    (`regoin`) would deploy something else than was asked."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(
         None,
@@ -54,6 +57,21 @@ class DeployRequest(BaseModel):
         # Documented for clients; enforced by citrus.validation.server_name, whose message
         # names the rule (the same check the Pulumi program runs).
         json_schema_extra={"pattern": NAME_PATTERN, "maxLength": SERVER_NAME_MAX},
+    )
+    region: str | None = Field(
+        None,
+        description="DigitalOcean region slug. Omitted or null: Pulumi.yaml's default (sfo3).",
+        examples=["nyc3"],
+        # Enforced by citrus.validation.region, the rule the Pulumi program runs.
+        json_schema_extra={"pattern": REGION_PATTERN},
+    )
+    size: str | None = Field(
+        None,
+        description="DigitalOcean size slug. Omitted or null: Pulumi.yaml's default "
+        "(s-1vcpu-512mb-10gb).",
+        examples=["s-2vcpu-4gb"],
+        # Enforced by citrus.validation.size.
+        json_schema_extra={"pattern": SIZE_PATTERN, "maxLength": SIZE_MAX},
     )
 
 
@@ -108,7 +126,7 @@ class DeploymentOut(BaseModel):
 class ManagedByOut(BaseModel):
     kind: Literal["http", "gitops", "manual"] = Field(
         description="Who manages the server: the source of its last `up` (`http`: this API, "
-        "`gitops`: `citrus-deploy gitops apply`), or `manual` for a servers row made by hand with "
+        "`gitops`: `python -m gitops apply`), or `manual` for a servers row made by hand with "
         "`pulumi up`."
     )
     repository: str | None = Field(
@@ -306,7 +324,7 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(authenticated)])
             "model": DeployAccepted,
             "description": "Queued (or still running after the wait). Location: the server.",
         },
-        **responses(400, 401, 408, 409, 413, 422, 503),
+        **responses(400, 401, 408, 409, 413, 422, 429, 503),
     },
     summary="Deploy a new server with its agent",
 )
@@ -325,7 +343,9 @@ async def deploy_with_agent(
 ) -> JSONResponse:
     name = body.name if body and body.name else None
     await room.check(pool)
-    dep = await deployments.enqueue_up(pool, name)
+    dep = await deployments.enqueue_up(
+        pool, name, region=body.region if body else None, size=body.size if body else None
+    )
     location = {"Location": f"/admin/servers/{dep.server_name}"}
     if wait:
         limit = min(timeout or settings.wait_max_seconds, settings.wait_max_seconds)
@@ -365,7 +385,7 @@ async def deploy_with_agent(
 @router.get(
     "/servers",
     response_model=ServerList,
-    responses=responses(401, 422, 503),
+    responses=responses(401, 422, 429, 503),
     summary="List servers with their status and last deployment",
 )
 async def list_servers(
@@ -401,7 +421,7 @@ async def list_servers(
 @router.get(
     "/servers/{name}",
     response_model=ServerOut,
-    responses=responses(401, 404, 422, 503),
+    responses=responses(401, 404, 422, 429, 503),
     summary="One server: rows, status, IP, current and last deployment with output tail",
 )
 async def get_server(pool: Pool, settings: AppSettings, name: ServerName) -> ServerOut:
@@ -417,7 +437,7 @@ async def get_server(pool: Pool, settings: AppSettings, name: ServerName) -> Ser
     response_model=DestroyAccepted,
     responses={
         202: {"description": "Destroy queued. Location: the deployment."},
-        **responses(401, 404, 409, 422, 503),
+        **responses(401, 404, 409, 422, 429, 503),
     },
     summary="Destroy the server's stack and its rows",
 )
@@ -435,7 +455,7 @@ async def delete_server(pool: Pool, room: Room, name: ServerName) -> JSONRespons
 @router.get(
     "/deployments/{deployment_id}",
     response_model=DeploymentOut,
-    responses=responses(401, 404, 422, 503),
+    responses=responses(401, 404, 422, 429, 503),
     summary="One deployment with the tail of its output",
 )
 async def get_deployment(

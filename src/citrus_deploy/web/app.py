@@ -18,7 +18,7 @@ from typing import Any
 import psycopg_pool
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from procrastinate import PsycopgConnector
 
@@ -26,6 +26,7 @@ from citrus_deploy.queue import tasks
 from citrus_deploy.settings import Settings
 from citrus_deploy.store.pool import open_pool
 from citrus_deploy.web import api, boot_reports, console, health, metrics
+from citrus_deploy.web.failures import FailureLimit
 from citrus_deploy.web.http_errors import install_error_handlers
 from citrus_deploy.web.middleware import BodyLimit, HeadAsGet
 
@@ -71,7 +72,6 @@ def create_app(settings: Settings) -> FastAPI:
         # wait=False: the service starts (and answers 503) while the database is down.
         await pool.open(wait=False)
         app.state.pool = pool
-        app.state.admin_token = settings.admin_token.get_secret_value().encode()
         with tasks.app.replace_connector(PsycopgConnector()) as queue:
             async with queue.open_async(pool):
                 yield
@@ -89,6 +89,9 @@ def create_app(settings: Settings) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings  # dependencies.get_settings
+    app.state.admin_token = settings.admin_token.get_secret_value().encode()
+    # Wrong admin tokens per client, for every route that takes one (service/failures.py).
+    app.state.failures = FailureLimit()
     api.install_queue_room(app, settings)
     app.add_middleware(
         BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
@@ -97,6 +100,11 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     if settings.docs_enabled:
         _install_docs(app)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        """The service's address in a browser: the operator console."""
+        return RedirectResponse(console.PREFIX, status_code=303)
 
     app.include_router(api.router)
     app.include_router(boot_reports.router)

@@ -25,7 +25,7 @@ import psycopg_pool
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from citrus_deploy.store import queries
 
@@ -42,6 +42,9 @@ MAX_REPORTS_PER_AGENT = 100
 MAX_REPORTS_PER_MINUTE = 20
 FLOOD_RETRY_AFTER = "60"
 STEPS_SHOWN = 50
+# The last second PostgreSQL's timestamptz and every client shows: 9999-12-31T23:59:59Z. (A
+# report's time of 10**15 was a 500: to_timestamp is out of range past year 294276.)
+AT_MAX = 253_402_300_799
 
 TIMESTAMP_HEADER = "X-Citrus-Timestamp"
 SIGNATURE_HEADER = "X-Citrus-Signature"
@@ -64,8 +67,26 @@ STEP_NAMES = {
 }
 
 
+def _storable(text: str) -> str:
+    """A text PostgreSQL can store: no NUL, and UTF-8 (no lone surrogate)."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL (\\u0000): PostgreSQL text cannot hold it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be UTF-8 text (a lone surrogate is not)") from None
+    return text
+
+
+# Rejected with the field's name (422), not left for the INSERT to fail on (500).
+StorableText = Annotated[str, AfterValidator(_storable)]
+
+
 class BootReport(BaseModel):
-    """One report as the boot script sends it (cloud_init/templates/user_data.sh.j2, `report`)."""
+    """One report as the boot script sends it (cloud_init/templates/user_data.sh.j2, `report`).
+
+    Every value is bounded to what the boot_steps row can hold, so a report the schema accepts
+    is one the database stores."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -73,12 +94,16 @@ class BootReport(BaseModel):
         pattern=r"^[0-9a-f-]{0,36}$", description="Random id of this run of the script."
     )
     seq: int = Field(ge=1, le=10_000, description="The report's number within the run.")
-    at: int = Field(ge=0, description="When the step began (unix seconds, droplet's clock).")
+    at: int = Field(
+        ge=0, le=AT_MAX, description="When the step began (unix seconds, droplet's clock)."
+    )
     step: Step
-    label: str = Field(max_length=300, description="The script's own name for the step.")
+    label: StorableText = Field(max_length=300, description="The script's own name for the step.")
     event: Literal["step", "success", "failure"]
     exit: int | None = Field(None, ge=0, le=255, description="The script's exit status.")
-    tail: str = Field("", max_length=4000, description="For a failure: the log's last lines.")
+    tail: StorableText = Field(
+        "", max_length=4000, description="For a failure: the log's last lines."
+    )
 
 
 class BootStepOut(BaseModel):

@@ -23,7 +23,6 @@ import logging
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +47,7 @@ from citrus_deploy.store import deployments
 from citrus_deploy.store.deployments import DeploymentConflict, NotFound
 from citrus_deploy.web import boot_reports
 from citrus_deploy.web.api import QueueRoom
+from citrus_deploy.web.failures import FailureLimit, client_key
 from citrus_deploy.web.http_errors import QUEUE_RETRY_AFTER, QueueFull
 
 log = logging.getLogger("citrus.console")
@@ -78,12 +78,17 @@ RECONNECT_MS = 2000
 OUTPUT_CHUNK = 64 * 1024
 OUTPUT_CAP = 1048576  # append_output keeps the last 1 MiB (db/queries.sql)
 
-# Failed sign-ins: each answers after a delay, and past MAX_FAILURES from one address within
-# FAILURE_WINDOW seconds the form is refused (429) until the window has passed.
+# Failed sign-ins: each answers after a delay, and past failures.MAX_FAILURES from one client
+# within failures.FAILURE_WINDOW seconds the form is refused (429) until the window has passed:
+# the limit every bearer-token route shares (service/failures.py). A browser that was signed in
+# before is a client of its own (DEVICE_COOKIE), so failures from its address, such as everyone
+# behind a proxy that does not pass the client's address, do not lock it out.
 FAILED_SIGN_IN_DELAY = 0.5
-MAX_FAILURES = 10
-FAILURE_WINDOW = 300.0
-_TRACKED_ADDRESSES = 10_000
+DEVICE_COOKIE = "citrus_device"
+DEVICE_SECONDS = 365 * 86400
+# The cookies' key: scrypt of ADMIN_TOKEN salted with the random secret in PostgreSQL
+# (console_secret). About 25 ms and 16 MiB, once per web process.
+KDF = {"n": 2**14, "r": 8, "p": 1}
 
 DB_DOWN = (
     psycopg.OperationalError,
@@ -155,45 +160,90 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def signing_key(admin_token: str, secret: bytes) -> bytes:
+    """The key of the console's cookies: scrypt of ADMIN_TOKEN, salted with the random secret
+    every web process reads from PostgreSQL (console_secret).
+
+    Neither gives it alone: a cookie does not let the token be guessed offline (that needs the
+    secret as well, and then costs an scrypt per guess), a database reader cannot sign cookies
+    without the token, and a new ADMIN_TOKEN signs everyone out.
+    """
+    return hashlib.scrypt(admin_token.encode(), salt=secret, dklen=32, **KDF)
+
+
+async def load_signing_key(pool: psycopg_pool.AsyncConnectionPool[Any], admin_token: str) -> bytes:
+    """signing_key with the database's secret, which the first web process to ask creates."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql()["console_secret"])
+        row = await cur.fetchone()
+    assert row is not None  # the upsert returns its row
+    return await asyncio.to_thread(signing_key, admin_token, bytes(row[0]))
+
+
 class Sessions:
     """Signed session cookies: `<payload>.<HMAC-SHA256 of it>`, payload = a random session id,
     expiry and CSRF token. (Whether the id was signed out is the database's: Console.signed_in.)
+    And device cookies, the same shape with a random device id: this browser was signed in.
 
-    The key is derived from ADMIN_TOKEN (never the token itself), so every web process checks
-    the others' cookies and a new token signs everyone out.
+    `key` is signing_key's, the same in every web process, so each checks the others' cookies.
+    Sessions and devices are signed under keys of their own (derived from it): one kind of
+    cookie is never taken for the other.
     """
 
-    def __init__(self, admin_token: str, lifetime: int) -> None:
-        self._key = hmac.new(admin_token.encode(), b"citrus console session v1", "sha256").digest()
+    def __init__(self, key: bytes, lifetime: int) -> None:
+        self._key = hmac.new(key, b"citrus console session v2", hashlib.sha256).digest()
+        self._device_key = hmac.new(key, b"citrus console device v2", hashlib.sha256).digest()
         self.lifetime = lifetime
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+    @staticmethod
+    def _sign(key: bytes, payload: str) -> str:
+        return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+
+    def _signed(self, key: bytes, data: dict[str, Any]) -> str:
+        payload = _b64(json.dumps(data).encode())
+        return f"{payload}.{self._sign(key, payload)}"
+
+    def _open(self, key: bytes, cookie: str | None, now: float | None) -> dict[str, Any] | None:
+        """The cookie's data if we signed it under `key` and it has not expired."""
+        if not cookie or cookie.count(".") != 1:
+            return None
+        payload, signature = cookie.split(".")
+        if not hmac.compare_digest(self._sign(key, payload).encode(), signature.encode()):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+            expires = int(data["exp"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if expires <= (now if now is not None else time.time()):
+            return None
+        return data if isinstance(data, dict) else None
 
     def issue(self, now: float | None = None) -> tuple[str, Session]:
         expires = int(now if now is not None else time.time()) + self.lifetime
         session = Session(
             id=secrets.token_urlsafe(16), csrf=secrets.token_urlsafe(32), expires=expires
         )
-        payload = _b64(
-            json.dumps({"sid": session.id, "exp": expires, "csrf": session.csrf}).encode()
-        )
-        return f"{payload}.{self._sign(payload)}", session
+        data = {"sid": session.id, "exp": expires, "csrf": session.csrf}
+        return self._signed(self._key, data), session
 
     def read(self, cookie: str | None, now: float | None = None) -> Session | None:
-        if not cookie or cookie.count(".") != 1:
-            return None
-        payload, signature = cookie.split(".")
-        if not hmac.compare_digest(self._sign(payload).encode(), signature.encode()):
+        data = self._open(self._key, cookie, now)
+        if data is None:
             return None
         try:
-            data = json.loads(_unb64(payload))
-            session = Session(id=str(data["sid"]), csrf=str(data["csrf"]), expires=int(data["exp"]))
+            return Session(id=str(data["sid"]), csrf=str(data["csrf"]), expires=int(data["exp"]))
         except (ValueError, KeyError, TypeError):
             return None
-        if session.expires <= (now if now is not None else time.time()):
-            return None
-        return session
+
+    def issue_device(self, now: float | None = None) -> str:
+        expires = int(now if now is not None else time.time()) + DEVICE_SECONDS
+        return self._signed(self._device_key, {"dev": secrets.token_urlsafe(16), "exp": expires})
+
+    def read_device(self, cookie: str | None, now: float | None = None) -> str | None:
+        """The device id of a device cookie we signed, unexpired; else None."""
+        data = self._open(self._device_key, cookie, now)
+        return str(data["dev"]) if data is not None and "dev" in data else None
 
 
 async def signed_out(conn: psycopg.AsyncConnection[Any], session_id: str) -> bool:
@@ -210,33 +260,6 @@ async def record_sign_out(pool: psycopg_pool.AsyncConnectionPool[Any], session: 
         await conn.execute(
             sql()["console_sign_out"], {"session_id": session.id, "expires": session.expires}
         )
-
-
-class FailedSignIns:
-    """Failed sign-ins per client address in a sliding window (bounded memory)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, deque[float]] = {}
-
-    def _recent(self, address: str, now: float) -> deque[float]:
-        found = self._seen.get(address, deque())
-        while found and found[0] <= now - FAILURE_WINDOW:
-            found.popleft()
-        return found
-
-    def blocked_for(self, address: str, now: float) -> float:
-        """Seconds until this address may try again (0: it may now)."""
-        found = self._recent(address, now)
-        return found[0] + FAILURE_WINDOW - now if len(found) >= MAX_FAILURES else 0.0
-
-    def add(self, address: str, now: float) -> None:
-        if len(self._seen) >= _TRACKED_ADDRESSES:
-            self._seen = {a: d for a, d in self._seen.items() if self._recent(a, now)}
-            if len(self._seen) >= _TRACKED_ADDRESSES:
-                self._seen.clear()
-        found = self._recent(address, now)
-        found.append(now)
-        self._seen[address] = found
 
 
 # -- what the pages show ----------------------------------------------------------------------
@@ -312,14 +335,20 @@ class FleetWatch:
     """One poller per web process: reads the fleet every FLEET_INTERVAL while a page listens,
     and wakes the listeners when it changed. With it, it reads which of the listening sessions
     were signed out, so their streams end within a poll. The connection is the pool's for one
-    read only."""
+    read only.
+
+    The listeners wait on an asyncio.Event that the poller replaces at each change, never on a
+    lock: a stream is cancelled whenever its client goes away, and a cancelled wait on a
+    Condition (inside asyncio.wait_for) can leave its lock released by the wrong waiter, after
+    which every stream and the poller block for good.
+    """
 
     pool: psycopg_pool.AsyncConnectionPool[Any]
     rows: tuple[FleetRow, ...] | None = None
     version: int = 0
     listeners: dict[str, int] = field(default_factory=dict)  # session id -> open streams
     signed_out: frozenset[str] = frozenset()
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
     def join(self, session_id: str) -> None:
@@ -330,48 +359,50 @@ class FleetWatch:
         if self.listeners[session_id] <= 0:
             del self.listeners[session_id]
 
+    def _publish(self, rows: tuple[FleetRow, ...], gone: frozenset[str]) -> None:
+        """The new state, then every waiter woken (a new event for the next change)."""
+        if rows != self.rows:
+            self.rows, self.version = rows, self.version + 1
+        self.signed_out = gone
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def _run(self) -> None:
-        while self.listeners:
-            try:
-                rows = await load_fleet(self.pool)
-                gone = await signed_out_among(self.pool, self.listeners)
-            except DB_DOWN as exc:
-                log.warning("console: fleet not read, database unreachable (%s)", type(exc))
-            except Exception:
-                log.exception("console: fleet not read")
-            else:
-                if rows != self.rows or gone != self.signed_out:
-                    async with self._changed:
-                        if rows != self.rows:
-                            self.rows, self.version = rows, self.version + 1
-                        self.signed_out = gone
-                        self._changed.notify_all()
-            await asyncio.sleep(FLEET_INTERVAL)
-        self.rows, self.signed_out, self._task = None, frozenset(), None
+        try:
+            while self.listeners:
+                try:
+                    rows = await load_fleet(self.pool)
+                    gone = await signed_out_among(self.pool, self.listeners)
+                except DB_DOWN as exc:
+                    log.warning("console: fleet not read, database unreachable (%s)", type(exc))
+                except Exception:
+                    log.exception("console: fleet not read")
+                else:
+                    if rows != self.rows or gone != self.signed_out:
+                        self._publish(rows, gone)
+                await asyncio.sleep(FLEET_INTERVAL)
+        finally:
+            # However it ends, the next listener starts a new poller.
+            self.rows, self.signed_out, self._task = None, frozenset(), None
 
     async def next(
         self, session_id: str, seen: int, timeout: float
     ) -> tuple[int, tuple[FleetRow, ...] | None]:
         """The rows once their version is past `seen`, or (seen, None) after `timeout` or once
-        the session is in `signed_out`."""
+        the session is in `signed_out`. Cancelling it (the client went away) leaves nothing
+        behind: the only thing awaited is an Event."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(
-                        lambda: (
-                            session_id in self.signed_out
-                            or (self.version > seen and self.rows is not None)
-                        )
-                    ),
-                    timeout,
-                )
-            except TimeoutError:
-                return seen, None
-            if session_id in self.signed_out:
-                return seen, None
-            return self.version, self.rows
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if session_id in self.signed_out:
+                        return seen, None
+                    if self.version > seen and self.rows is not None:
+                        return self.version, self.rows
+                    await self._changed.wait()
+        except TimeoutError:
+            return seen, None
 
 
 def age(then: datetime | None, now: datetime | None = None) -> str:
@@ -447,10 +478,12 @@ def sign_in_redirect(request: Request) -> RedirectResponse:
 
 def guarded_route(
     signed_in: Callable[[Request], Awaitable[Session | None]],
+    signed_in_page: Callable[[Request, Response], Awaitable[None]],
 ) -> type[APIRoute]:
     """The route class of the console: signed out (`signed_in` answers None), any route but the
     public ones answers the sign-in redirect before FastAPI validates anything; Refused, bad
-    parameters and an unreachable database answer a page."""
+    parameters and an unreachable database answer a page. A page a signed-in GET answers goes
+    through `signed_in_page` (which marks the browser as one that signed in)."""
 
     class ConsoleRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -461,7 +494,15 @@ def guarded_route(
                 try:
                     if not public and await signed_in(request) is None:
                         return sign_in_redirect(request)
-                    return await handler(request)
+                    response = await handler(request)
+                    if (
+                        not public
+                        and request.method == "GET"
+                        and response.status_code == 200
+                        and isinstance(response, HTMLResponse)
+                    ):
+                        await signed_in_page(request, response)
+                    return response
                 except SignedOut:
                     return sign_in_redirect(request)
                 except Refused as exc:
@@ -486,14 +527,15 @@ def guarded_route(
 
 
 class Console:
-    """The console's state in one web process: settings, sessions, failed sign-ins, streams."""
+    """The console's state in one web process: settings, the cookies' key, streams. (Failed
+    sign-ins are the app's, app.state.failures: the bearer-token routes count them too.)"""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sessions = Sessions(settings.admin_token.get_secret_value(), settings.session_seconds)
-        self.failures = FailedSignIns()
         self.streams = 0
         self._watch: FleetWatch | None = None
+        self._sessions: Sessions | None = None
+        self._sessions_loading = asyncio.Lock()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -502,6 +544,17 @@ class Console:
         pool: psycopg_pool.AsyncConnectionPool[Any] = request.app.state.pool
         return pool
 
+    async def sessions(self, request: Request) -> Sessions:
+        """The cookies' signer, its key read from the database once per web process."""
+        if self._sessions is None:
+            async with self._sessions_loading:
+                if self._sessions is None:
+                    key = await load_signing_key(
+                        self.pool(request), self.settings.admin_token.get_secret_value()
+                    )
+                    self._sessions = Sessions(key, self.settings.session_seconds)
+        return self._sessions
+
     async def signed_in(self, request: Request) -> Session | None:
         """The request's session: its cookie signed by us, unexpired and not signed out. The
         database is asked only for a well-signed cookie, once per request (the answer is kept
@@ -509,7 +562,8 @@ class Console:
         if hasattr(request.state, "console_session"):
             kept: Session | None = request.state.console_session
             return kept
-        found = self.sessions.read(request.cookies.get(COOKIE))
+        cookie = request.cookies.get(COOKIE)
+        found = (await self.sessions(request)).read(cookie) if cookie else None
         if found is not None:
             async with self.pool(request).connection() as conn:
                 if await signed_out(conn, found.id):
@@ -553,6 +607,22 @@ class Console:
                 403, "Refused: the form's CSRF token is missing or wrong; reload and retry."
             )
         return session, fields
+
+    async def remember_device(self, request: Request, response: Response) -> None:
+        """Marks the browser of a signed-in page as one that signed in (DEVICE_COOKIE), unless
+        it already carries a valid mark: its later sign-ins are limited as a client of their
+        own, not with everyone else at its address."""
+        sessions = await self.sessions(request)
+        if sessions.read_device(request.cookies.get(DEVICE_COOKIE)) is None:
+            response.set_cookie(
+                DEVICE_COOKIE,
+                sessions.issue_device(),
+                max_age=DEVICE_SECONDS,
+                path=PREFIX,
+                secure=self.secure(request),
+                httponly=True,
+                samesite="lax",
+            )
 
     def secure(self, request: Request) -> bool:
         configured = self.settings.cookie_secure
@@ -614,9 +684,12 @@ class Console:
     async def sign_in(self, request: Request) -> Response:
         if not self.same_origin(request):
             raise Refused(403, "Refused: the form was sent from another site.")
-        address = request.client.host if request.client else "unknown"
+        sessions = await self.sessions(request)
+        failures: FailureLimit = request.app.state.failures
+        device = sessions.read_device(request.cookies.get(DEVICE_COOKIE))
+        client = f"device {device}" if device else client_key(request)
         now = time.monotonic()
-        wait = self.failures.blocked_for(address, now)
+        wait = failures.blocked_for(client, now)
         fields = await self.form(request)
         target = self._next(fields.get("next"))
         if wait > 0:
@@ -629,15 +702,15 @@ class Console:
             )
         expected = self.settings.admin_token.get_secret_value().encode()
         if not hmac.compare_digest(fields.get("token", "").encode(), expected):
-            self.failures.add(address, now)
+            failures.add(client, now)
             await asyncio.sleep(FAILED_SIGN_IN_DELAY)
             return page("sign_in.html", 401, next=target, message="That is not the admin token.")
-        cookie, _ = self.sessions.issue()
+        cookie, _ = sessions.issue()
         response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(
             COOKIE,
             cookie,
-            max_age=self.sessions.lifetime,
+            max_age=sessions.lifetime,
             path=PREFIX,
             secure=self.secure(request),
             httponly=True,
@@ -779,7 +852,11 @@ class Console:
         pool = self.pool(request)
         try:
             await self.queue_has_room(request, pool)
-            await deployments.enqueue_up(pool, name)
+            # In the region and of the size the failed `up` was asked for.
+            last = await deployments.last_up_config(pool, name) or {}
+            await deployments.enqueue_up(
+                pool, name, region=last.get("region"), size=last.get("size")
+            )
         except (InvalidValue, DeploymentConflict) as exc:
             code = 422 if isinstance(exc, InvalidValue) else 409
             return await self._server_page(request, session, name, status=code, message=str(exc))
@@ -900,7 +977,9 @@ def router(settings: Settings) -> APIRouter:
     """The console's routes, for `app.include_router(console.router(settings))`."""
     console = Console(settings)
     routes = APIRouter(
-        prefix=PREFIX, route_class=guarded_route(console.signed_in), include_in_schema=False
+        prefix=PREFIX,
+        route_class=guarded_route(console.signed_in, console.remember_device),
+        include_in_schema=False,
     )
     table: Sequence[tuple[str, str, Callable[..., Awaitable[Response]]]] = (
         ("GET", "/sign-in", console.sign_in_page),

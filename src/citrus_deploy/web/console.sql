@@ -41,3 +41,12 @@ SELECT EXISTS (SELECT FROM console_signouts WHERE session_id = %(session_id)s) A
 -- name: console_signed_out_among
 -- Which of the sessions with a live fleet view open were signed out (the fleet poller's check).
 SELECT session_id FROM console_signouts WHERE session_id = ANY(%(session_ids)s::text[]);
+
+-- name: console_secret
+-- The random secret the cookies' key is derived from (service/console.py, signing_key): made in
+-- the database, never sent to it, by the first web process to ask; the others get that row
+-- (DO UPDATE changes nothing, and returns the row even when it was committed meanwhile).
+INSERT INTO console_secret (secret)
+VALUES (sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())))
+ON CONFLICT (id) DO UPDATE SET id = console_secret.id
+RETURNING secret;

@@ -7,6 +7,7 @@ thread, a thread hand-off per dependency per request.
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Annotated, Any
 
 import psycopg_pool
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from citrus_deploy.program import validation
 from citrus_deploy.program.validation import SERVER_NAME_MAX
 from citrus_deploy.settings import Settings
+from citrus_deploy.web.failures import FailureLimit, client_key
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 NAME_PATTERN = rf"^(?:{_LABEL}(?:\.{_LABEL})*)?$"  # empty = the generated name
@@ -29,10 +31,20 @@ async def authenticated(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    """401 unless the bearer token equals ADMIN_TOKEN (constant-time comparison)."""
+    """401 unless the bearer token equals ADMIN_TOKEN (constant-time comparison).
+
+    A client that sent too many wrong ones gets 429 (TooManyFailures) before its token is
+    looked at: service/failures.py, the limit the console's sign-in shares. A request without
+    an Authorization header guesses nothing and is not counted.
+    """
+    failures: FailureLimit = request.app.state.failures
+    client, now = client_key(request), time.monotonic()
+    failures.check(client, now)
     expected: bytes = request.app.state.admin_token
     given = creds.credentials.encode() if creds else b""
     if not hmac.compare_digest(given, expected):
+        if "authorization" in request.headers:
+            failures.add(client, now)
         raise StarletteHTTPException(
             401,
             "a valid bearer token is required (Authorization: Bearer <ADMIN_TOKEN>)",

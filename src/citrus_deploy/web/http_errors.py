@@ -23,6 +23,7 @@ from starlette.types import Scope
 
 from citrus_deploy.errors import CitrusError, DatabaseUnreachable, InvalidValue
 from citrus_deploy.store.deployments import DeploymentConflict, NotFound
+from citrus_deploy.web.failures import TooManyFailures
 
 log = logging.getLogger("citrus.web")
 
@@ -57,6 +58,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "A deployment is already queued or running for that name, or the name is in use.",
         413: "Request body too large.",
         422: "A value breaks its rule; `fields` names each.",
+        429: "Too many wrong admin tokens from this client (`too_many_failures`): no token "
+        "is checked for it before `Retry-After` seconds.",
         503: "The database is unreachable, or (`queue_full`) CITRUS_MAX_QUEUED deployments are "
         "queued or running; nothing was changed, retry after `Retry-After` seconds.",
     }
@@ -153,6 +156,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
         return error(503, "queue_full", str(exc), headers={"Retry-After": QUEUE_RETRY_AFTER})
+
+    @app.exception_handler(TooManyFailures)
+    async def too_many_failures(_: Request, exc: TooManyFailures) -> JSONResponse:
+        return error(
+            429, "too_many_failures", str(exc), headers={"Retry-After": str(exc.retry_after)}
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -27,12 +27,13 @@ FROM deployment d;
 
 -- name: name_insert_generated_up
 -- A POST without a name: deployments_insert_generated_up (db/schema.sql) inserts the deployment
--- under the first free <server_base>[-n]; its job is written here as in insert_deployment, in
--- the same statement. No row: no free name among `tries`.
+-- under the first free <server_base>[-n], with the `chosen` config (region, size) besides its
+-- names; its job is written here as in insert_deployment, in the same statement. No row: no
+-- free name among `tries`.
 WITH deployment AS (
     SELECT id, server_name, kind, state, config, outputs, error, attempts,
            created_at, started_at, updated_at, finished_at
-    FROM deployments_insert_generated_up(%(server_base)s, %(agent_base)s, %(tries)s)
+    FROM deployments_insert_generated_up(%(server_base)s, %(agent_base)s, %(tries)s, %(chosen)s)
 )
 SELECT d.*, '' AS output_tail,
        (procrastinate_defer_jobs_v1(ARRAY[ROW(

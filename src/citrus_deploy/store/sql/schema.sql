@@ -189,8 +189,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS servers_name_lower_key ON servers (lower(name)
 -- waits in ON CONFLICT for the winner's commit, then does nothing and tries the next suffix;
 -- no error, no subtransaction. A function rather than one statement because each statement of
 -- the loop must see what committed after the call began: one statement keeps one snapshot.
+-- `chosen`: the rest of the config (region, size), under the names.
 CREATE OR REPLACE FUNCTION deployments_insert_generated_up(
-    server_base text, agent_base text, tries integer
+    server_base text, agent_base text, tries integer, chosen jsonb
 ) RETURNS SETOF deployments LANGUAGE plpgsql AS $$
 DECLARE
     candidate text;
@@ -199,7 +200,7 @@ BEGIN
     FOR n IN 1..tries LOOP
         candidate := server_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END;
         INSERT INTO deployments (server_name, kind, config)
-        SELECT candidate, 'up', jsonb_build_object(
+        SELECT candidate, 'up', chosen || jsonb_build_object(
             'serverName', candidate,
             'agentName', agent_base || CASE WHEN n = 1 THEN '' ELSE '-' || n END)
         WHERE NOT EXISTS (SELECT FROM servers WHERE lower(name) = lower(candidate))
@@ -212,6 +213,13 @@ BEGIN
         END IF;
     END LOOP;
 END
+$$;
+
+-- The version before `chosen`, for a web process of the previous release while it runs on.
+CREATE OR REPLACE FUNCTION deployments_insert_generated_up(
+    server_base text, agent_base text, tries integer
+) RETURNS SETOF deployments LANGUAGE sql AS $$
+    SELECT * FROM deployments_insert_generated_up(server_base, agent_base, tries, '{}')
 $$;
 
 -- The running attempt's own heartbeat, written by the worker that runs it. procrastinate's
@@ -514,3 +522,15 @@ CREATE TABLE IF NOT EXISTS console_signouts (
 
 CREATE INDEX IF NOT EXISTS console_signouts_expires_at ON console_signouts (expires_at);
 -- (end of the console block)
+
+-- -- The operator console's signing secret (service/console.py, service/console.sql) ---------------
+-- One random row, made by the first web process that needs it. Every web process reads it once
+-- and signs the console's cookies with scrypt(ADMIN_TOKEN, salt = secret): a cookie no longer
+-- lets the token be guessed offline, sessions hold across web processes, and a new ADMIN_TOKEN
+-- still signs everyone out. Deleting the row and restarting the web processes does too.
+CREATE TABLE IF NOT EXISTS console_secret (
+    id         boolean     PRIMARY KEY DEFAULT true CONSTRAINT console_secret_one CHECK (id),
+    secret     bytea       NOT NULL CONSTRAINT console_secret_32_bytes CHECK (length(secret) = 32),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+-- (end of the console secret block)
