@@ -25,6 +25,7 @@ import yaml
 from citrus import config as stack_config
 from citrus import validation
 from citrus.errors import InvalidValue
+from gitops.printable import printable
 
 PROJECT = "citrus-deploy"
 PREFIX = f"{PROJECT}:"
@@ -35,7 +36,14 @@ SECRET_KEYS = frozenset({f"{PREFIX}githubToken", f"{PREFIX}databaseUrl", "digita
 # Top-level keys `pulumi` writes for a stack with its own secrets provider.
 SECRET_TOP_KEYS = frozenset({"secretsprovider", "encryptedkey", "encryptionsalt"})
 
-_STACK_FILE = re.compile(r"Pulumi\.(?P<name>.+)\.yaml")
+_STACK_FILE = re.compile(r"Pulumi\.(?P<name>.+)\.yaml", re.DOTALL)
+# What a stack file's server name may hold; the program's own rule (a hostname) is checked
+# after, with its own message. Anything else (a newline, escape bytes) is refused by name.
+_STACK_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
+NAME_RULE = (
+    "not a stack file name: a server name is letters, digits, '.', '_' and '-' "
+    "(Pulumi.<server name>.yaml)"
+)
 _CREDENTIAL = re.compile(
     r"dop_v1_[A-Za-z0-9]+|(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]+|github_pat_[A-Za-z0-9_]+"
 )
@@ -62,12 +70,22 @@ SECRET_RULE = "secrets come from the pipeline's secret store, never from a fleet
 
 @dataclass(frozen=True)
 class FleetError:
-    """One problem with the fleet, printed as `file:line: key: rule`."""
+    """One problem with the fleet, printed as `file:line: key: rule`.
+
+    What comes from the repository is made safe here, once: names and keys escaped, anything
+    that looks like a credential in a key or rule redacted.
+    """
 
     file: str
     line: int | None
     key: str | None
     rule: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", printable(self.file))
+        if self.key is not None:
+            object.__setattr__(self, "key", printable(redact(self.key)))
+        object.__setattr__(self, "rule", printable(redact(self.rule)))
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -132,7 +150,7 @@ def read_fleet(directory: Path | str, display: str | None = None, *, jobs: int =
     files or more, else 1. More than one are forked: never pass it with a connection open.
     """
     folder = Path(directory)
-    shown = (display if display is not None else str(directory)).rstrip("/") or "."
+    shown = printable((display if display is not None else str(directory)).rstrip("/") or ".")
     fleet = Fleet(directory=folder, display=shown)
     with os.scandir(folder) as entries:
         found = sorted((e.name, e.path) for e in entries if e.is_file())
@@ -144,6 +162,9 @@ def read_fleet(directory: Path | str, display: str | None = None, *, jobs: int =
             if filename.lower().endswith((".yaml", ".yml")):
                 rule = "not a stack file: a fleet file is named Pulumi.<server name>.yaml"
                 fleet.errors.append(FleetError(path_shown, None, None, rule))
+            continue
+        if not _STACK_NAME.fullmatch(match["name"]):
+            fleet.errors.append(FleetError(path_shown, None, None, NAME_RULE))
             continue
         stacks.append((path, match["name"], path_shown))
     by_name: dict[str, list[StackFile]] = {}
@@ -204,10 +225,7 @@ def read_stack_file(
         return StackFile(name, shown, config, adopt)
     lines = _Lines(text)
     errors = sorted(
-        (
-            FleetError(shown, lines.line(node_path), key, redact(rule))
-            for node_path, key, rule in problems
-        ),
+        (FleetError(shown, lines.line(node_path), key, rule) for node_path, key, rule in problems),
         key=lambda e: e.line or 0,
     )
     return StackFile(name, shown, config, adopt, tuple(errors))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gitops.__main__ import main
@@ -265,3 +267,54 @@ def test_several_processes_read_a_fleet_as_one_does(fleet_repo: FleetRepo) -> No
     assert three == one
     assert list(three.files) == list(one.files)
     assert len(list(one.all_errors())) == 60 + 9 + 2 + 1  # unknown keys, sizes, case, stray
+
+
+# -- file names: a strict pattern, and every name printed escaped ------------------------------
+
+NAME_RULE = (
+    "not a stack file name: a server name is letters, digits, '.', '_' and '-' "
+    "(Pulumi.<server name>.yaml)"
+)
+NAMES = {
+    "a newline and a workflow command": (
+        "Pulumi.web\n::error::pwned.yaml",
+        "Pulumi.web\\n::error::pwned.yaml",
+    ),
+    "a carriage return": ("Pulumi.web\r.yaml", "Pulumi.web\\r.yaml"),
+    "terminal escapes": ("Pulumi.web\x1b[2J\x1b[31m.yaml", "Pulumi.web\\x1b[2J\\x1b[31m.yaml"),
+    "a right-to-left override": ("Pulumi.web\u202e1.yaml", "Pulumi.web\\u202e1.yaml"),
+    "a space": ("Pulumi.web 1.yaml", "Pulumi.web 1.yaml"),
+    "a byte that is not UTF-8": (os.fsdecode(b"Pulumi.web\xff.yaml"), "Pulumi.web\\xff.yaml"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("filename", "shown"), list(NAMES.values()), ids=list(NAMES))
+def test_a_stack_file_name_outside_the_pattern_is_refused_and_printed_escaped(
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    filename: str,
+    shown: str,
+) -> None:
+    (fleet_repo.fleet / filename).write_text("config: {}\n")
+    monkeypatch.chdir(fleet_repo.root)
+    assert main(["validate", "fleet"]) == 1
+    out = capsys.readouterr().out
+    assert out == f"fleet/{shown}: {NAME_RULE}\n"
+    assert out.isascii()
+    assert out[:-1].isprintable()  # one line: no newline, return or escape of the file's
+
+
+def test_other_yaml_file_names_are_printed_escaped(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text("web\n::error::x.yaml", "config: {}\n")
+    assert errors_of(fleet_repo) == [
+        "fleet/web\\n::error::x.yaml: not a stack file: a fleet file is named "
+        "Pulumi.<server name>.yaml"
+    ]
+
+
+def test_keys_are_printed_escaped(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text("Pulumi.web-1.yaml", 'config:\n  "x\\n::error::y\\e[31m": 1\n')
+    assert errors_of(fleet_repo) == [
+        "fleet/Pulumi.web-1.yaml:2: x\\n::error::y\\x1b[31m: unknown key"
+    ]

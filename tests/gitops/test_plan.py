@@ -330,6 +330,18 @@ def test_plan_refuses_uncommitted_changes_naming_them(
     )
 
 
+def test_plan_prints_uncommitted_file_names_escaped(
+    fleet_repo: FleetRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newline in a name would start a line of its own in the CI log: `::error::...`."""
+    fleet_repo.write_text("Pulumi.web\n::error::pwned.yaml", "config: {}\n")
+    assert run_plan(fleet_repo, monkeypatch, None) == 2
+    assert capsys.readouterr().err == (
+        "gitops plan: uncommitted changes in the fleet folder (a plan is made for a commit): "
+        "fleet/Pulumi.web\\n::error::pwned.yaml\n"
+    )
+
+
 def test_plan_needs_a_database_url(
     fleet_repo: FleetRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
