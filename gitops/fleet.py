@@ -18,13 +18,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from citrus import config as stack_config
 from citrus import validation
 from citrus.errors import InvalidValue
+from gitops.credentials import credential_in, redact
 from gitops.printable import printable
 
 PROJECT = "citrus-deploy"
@@ -44,10 +44,6 @@ NAME_RULE = (
     "not a stack file name: a server name is letters, digits, '.', '_' and '-' "
     "(Pulumi.<server name>.yaml)"
 )
-_CREDENTIAL = re.compile(
-    r"dop_v1_[A-Za-z0-9]+|(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]+|github_pat_[A-Za-z0-9_]+"
-)
-_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@")
 
 # What the program's validation sees for the values that come from the service, not the file.
 # They are valid by the program's rules so only the file's own values can fail. databaseUrl is
@@ -270,8 +266,9 @@ def _check_document(
         kind = kinds.get(key) if isinstance(key, str) else None
         if type(value) is str and kind is not None and kind[0] == "config":
             # The common case, kept short: a plain string for a declared key.
-            if _CREDENTIAL.search(value) or ("@" in value and _has_password(value)):
-                problems.append(_credential_problem(key, value))
+            what = credential_in(value)
+            if what is not None:
+                problems.append(_credential_problem(key, None, what))
                 refused.add(key)
             else:
                 record[kind[1]] = value
@@ -290,8 +287,8 @@ def _check_document(
         elif kind[0] == "secret":
             problems.append((where, shown_key, f"is a secret: {SECRET_RULE}"))
             refused.add(shown_key)
-        elif _credential_in(value) is not None:
-            problems.append(_credential_problem(shown_key, value))
+        elif (found := _credential_in(value)) is not None:
+            problems.append(_credential_problem(shown_key, *found))
             refused.add(shown_key)
         elif kind[0] == "adopt":
             if isinstance(value, bool):
@@ -409,36 +406,33 @@ def _file_key(field_name: str) -> tuple[str, tuple[str | int, ...]]:
     return f"{full}[{rest}", (*path, int(index)) if index.isdigit() else path
 
 
-def _credential_problem(key: str, value: Any) -> _Problem:
-    index, what = _credential_in(value) or (None, "a credential")
+def _credential_problem(key: str, index: int | None, what: str) -> _Problem:
     where: tuple[str | int, ...] = ("config", key) if index is None else ("config", key, index)
     return where, key, f"looks like a credential ({what}, value not shown): {SECRET_RULE}"
 
 
 def _credential_in(value: Any) -> tuple[int | None, str] | None:
-    """(list index or None, what it looks like) when a value looks like a credential."""
+    """(list index or None, what it looks like) when a value, or any string inside it, keys
+    of mappings included, looks like a credential."""
     items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
     for index, item in items:
-        if not isinstance(item, str):
-            continue
-        if _CREDENTIAL.search(item):
-            return index, "a DigitalOcean or GitHub token"
-        if "://" in item and "@" in item and _has_password(item):
-            return index, "a URL with a password"
+        for text in _strings(item):
+            what = credential_in(text)
+            if what is not None:
+                return index, what
     return None
 
 
-def _has_password(text: str) -> bool:
-    try:
-        return urlsplit(text).password is not None
-    except ValueError:
-        return _URL_PASSWORD.search(text) is not None
-
-
-def redact(message: str) -> str:
-    """A last guard: no token- or password-looking text in an error, whatever produced it."""
-    message = _CREDENTIAL.sub("[redacted]", message)
-    return _URL_PASSWORD.sub("[redacted]@", message)
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
 
 
 class _Lines:

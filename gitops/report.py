@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from gitops.fleet import redact
+from gitops.credentials import redact
 from gitops.plan import Change, Plan, ServerPlan
 
 MARKDOWN_LIMIT = 60_000

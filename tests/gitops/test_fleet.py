@@ -318,3 +318,70 @@ def test_keys_are_printed_escaped(fleet_repo: FleetRepo) -> None:
     assert errors_of(fleet_repo) == [
         "fleet/Pulumi.web-1.yaml:2: x\\n::error::y\\x1b[31m: unknown key"
     ]
+
+
+# -- credentials the secret check missed ------------------------------------------------------
+
+LOOKS = "looks like a credential ({}, value not shown): " + (
+    "secrets come from the pipeline's secret store, never from a fleet file"
+)
+GH = "a DigitalOcean or GitHub token"
+QUERY = "a URL with a secret in its query"
+PASSWORD = "a URL with a password"
+SECRET = "s3cr3tvalue0123456789"
+CREDENTIALS = {  # (key, value, what it looks like, the line of the error)
+    "?token= in a URL": ("engineWsUrl", f"wss://hub.example/ws?token={SECRET}", QUERY, 2),
+    "&access_token= in a URL": ("bootReportUrl", f"https://r.x/?a&access_token={SECRET}", QUERY, 2),
+    "?password= in a URL": ("agentRepoUrl", f"https://g.example/o/r?password={SECRET}", QUERY, 2),
+    "user:pass@ without a scheme": ("agentRepoRef", f"deploy:{SECRET}@git.example", PASSWORD, 2),
+    "user:pass@ in an ssh URL": ("agentRepoUrl", f"ssh://git:{SECRET}@g.example/o/r", PASSWORD, 2),
+    "a GitLab token": ("agentRepoRef", f"glpat-{SECRET}", "a GitLab token", 2),
+    "a GitLab deploy token": ("agentRepoRef", f"gldt-{SECRET}", "a GitLab token", 2),
+    "a GitHub OAuth token": ("agentRepoRef", f"gho_{SECRET}", GH, 2),
+    "a GitHub app token": ("agentRepoRef", f"ghs_{SECRET}", GH, 2),
+    "a GitHub refresh token": ("agentRepoRef", f"ghr_{SECRET}", GH, 2),
+    "a GitHub user token": ("agentRepoRef", f"ghu_{SECRET}", GH, 2),
+    "a DigitalOcean OAuth token": ("agentRepoRef", f"doo_v1_{SECRET}", GH, 2),
+    "a DigitalOcean refresh token": ("agentRepoRef", f"dor_v1_{SECRET}", GH, 2),
+    "a Slack bot token": ("agentRepoRef", f"xoxb-1234-{SECRET}", "a Slack token", 2),
+    "a Slack token in a list": ("tags", ["web", f"xoxp-1234-{SECRET}"], "a Slack token", 4),
+    "an AWS access key id": ("agentRepoRef", "AKIAS3CR3TVALUE01234", "an AWS access key", 2),
+    "a token inside a mapping": ("tags", {"x": f"glpat-{SECRET}"}, "a GitLab token", 2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what", "line"), list(CREDENTIALS.values()), ids=list(CREDENTIALS)
+)
+def test_credentials_are_refused_naming_what_they_look_like_never_the_value(
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    value: object,
+    what: str,
+    line: int,
+) -> None:
+    fleet_repo.write("web-1", **{key: value})
+    assert errors_of(fleet_repo) == [
+        f"fleet/Pulumi.web-1.yaml:{line}: citrus-deploy:{key}: {LOOKS.format(what)}"
+    ]
+    assert main(["validate", str(fleet_repo.fleet)]) == 1
+    printed = capsys.readouterr()
+    assert "s3cr3tvalue" not in printed.out + printed.err
+    assert "S3CR3TVALUE" not in printed.out + printed.err
+
+
+def test_a_credential_as_a_key_is_not_echoed(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write_text(
+        "Pulumi.web-1.yaml",
+        "config:\n  ghp_s3cr3tvalue0123456789: 1\n  https://u:s3cr3tvalue@h.example: 2\n",
+    )
+    assert errors_of(fleet_repo) == [
+        "fleet/Pulumi.web-1.yaml:2: [redacted]: unknown key",
+        "fleet/Pulumi.web-1.yaml:3: [redacted]@h.example: unknown key",
+    ]
+
+
+def test_plain_values_with_at_signs_and_queries_pass(fleet_repo: FleetRepo) -> None:
+    fleet_repo.write("web-1", engineWsUrl="wss://hub.example/ws?region=sfo3", tags=["a:b"])
+    assert errors_of(fleet_repo) == []
