@@ -1,18 +1,22 @@
 """The fleet folder: one `Pulumi.<name>.yaml` per server, read and checked by the program's rules.
 
-Each file is parsed with PyYAML's C loader; only a file with errors is composed a second time to
-find the line of each bad key, so a clean fleet costs one fast parse per file. Secrets never live
-in a fleet file (they come from the pipeline's secret store): a file holding one is refused and
-the error names the file, line and key, never the value.
+A stack file is a regular file of at most MAX_FILE_BYTES, named by a strict pattern, in the YAML
+gitops.strict_yaml allows (no aliases, merges, tags or repeated keys); anything else named like
+one (a symlink, a directory, a FIFO, an empty file) is an error of that server, so the plan
+never takes it for a removed file. Secrets never live in a fleet file (they come from the
+pipeline's secret store): a file holding one is refused and the error names the file, line and
+key, never the value. Every name and key in an error is escaped (gitops.printable).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import multiprocessing
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -24,6 +28,7 @@ import yaml
 from citrus import config as stack_config
 from citrus import validation
 from citrus.errors import InvalidValue
+from gitops import strict_yaml
 from gitops.credentials import credential_in, redact
 from gitops.printable import printable
 
@@ -43,6 +48,13 @@ _STACK_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
 NAME_RULE = (
     "not a stack file name: a server name is letters, digits, '.', '_' and '-' "
     "(Pulumi.<server name>.yaml)"
+)
+# A stack file is a few hundred bytes; reading stops here.
+MAX_FILE_BYTES = 64 * 1024
+NOT_A_FILE_RULE = "a stack file must be a regular file in the repository"
+EMPTY_RULE = (
+    "is empty: a fleet file holds `config:` with the server's keys (`config: {}` for a server "
+    "with every default)"
 )
 
 # What the program's validation sees for the values that come from the service, not the file.
@@ -148,23 +160,28 @@ def read_fleet(directory: Path | str, display: str | None = None, *, jobs: int =
     folder = Path(directory)
     shown = printable((display if display is not None else str(directory)).rstrip("/") or ".")
     fleet = Fleet(directory=folder, display=shown)
-    with os.scandir(folder) as entries:
-        found = sorted((e.name, e.path) for e in entries if e.is_file())
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
     stacks: list[_Entry] = []
-    for filename, path in found:
-        path_shown = f"{shown}/{filename}"
-        match = _STACK_FILE.fullmatch(filename)
+    unreadable: list[StackFile] = []
+    for entry in entries:  # nothing here follows a symlink
+        path_shown = f"{shown}/{entry.name}"
+        match = _STACK_FILE.fullmatch(entry.name)
         if match is None:
-            if filename.lower().endswith((".yaml", ".yml")):
+            if entry.name.lower().endswith((".yaml", ".yml")) and not _is_dir(entry):
                 rule = "not a stack file: a fleet file is named Pulumi.<server name>.yaml"
                 fleet.errors.append(FleetError(path_shown, None, None, rule))
             continue
         if not _STACK_NAME.fullmatch(match["name"]):
             fleet.errors.append(FleetError(path_shown, None, None, NAME_RULE))
             continue
-        stacks.append((path, match["name"], path_shown))
+        kind = _not_a_file(entry)
+        if kind is not None:
+            unreadable.append(_unreadable(match["name"], path_shown, kind))
+            continue
+        stacks.append((entry.path, match["name"], path_shown))
     by_name: dict[str, list[StackFile]] = {}
-    for stack in _read_all(stacks, jobs):
+    for stack in sorted([*_read_all(stacks, jobs), *unreadable], key=lambda s: s.path):
         by_name.setdefault(stack.name.lower(), []).append(stack)
     for same in by_name.values():
         if len(same) > 1:
@@ -176,6 +193,35 @@ def read_fleet(directory: Path | str, display: str | None = None, *, jobs: int =
         for stack in same:
             fleet.files[stack.name] = stack
     return fleet
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _not_a_file(entry: os.DirEntry[str]) -> str | None:
+    """Why a stack file's entry cannot be read as one, or None for a regular file."""
+    try:
+        if entry.is_symlink():
+            return "is a symbolic link"
+        if entry.is_dir(follow_symlinks=False):
+            return "is a directory"
+        if not entry.is_file(follow_symlinks=False):
+            return "is not a regular file (a FIFO, socket or device)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
+
+
+def _unreadable(name: str, shown: str, why: str) -> StackFile:
+    """An error for the server the name says, so that the plan never takes it for a removal."""
+    rule = f"{why}: {NOT_A_FILE_RULE}"
+    return StackFile(
+        name, shown, {"serverName": name}, False, (FleetError(shown, None, None, rule),)
+    )
 
 
 def _read_all(stacks: list[_Entry], jobs: int) -> list[StackFile]:
@@ -196,30 +242,37 @@ def _read_chunk(stacks: list[_Entry]) -> list[StackFile]:
     return [read_stack_file(Path(path), name, shown, rules) for path, name, shown in stacks]
 
 
+class _Unreadable(Exception):
+    """The file cannot be read as a stack file; the message is the rule."""
+
+
 def read_stack_file(
     path: Path, name: str, shown: str, rules: ProgramRules | None = None
 ) -> StackFile:
     """Parses and checks one file; on any problem, its errors carry line numbers."""
-    with open(path, "rb") as file:
-        text = file.read()
+
+    def refused(*errors: FleetError) -> StackFile:
+        return StackFile(name, shown, {"serverName": name}, False, errors)
+
     try:
-        document = yaml.load(text, Loader=yaml.CSafeLoader)
+        text = _read_text(path)
+        document = strict_yaml.load(text)
+    except _Unreadable as exc:
+        return refused(FleetError(shown, None, None, str(exc)))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or "cannot be parsed"
-        return StackFile(
-            name,
-            shown,
-            {"serverName": name},
-            False,
-            (FleetError(shown, line, None, f"not valid YAML: {problem}"),),
-        )
+        return refused(FleetError(shown, line, None, f"not valid YAML: {problem}"))
+    except strict_yaml.Refused as exc:
+        return refused(*(FleetError(shown, p.line, p.key, p.rule) for p in exc.problems))
+    if document.value is None:
+        return refused(FleetError(shown, None, None, EMPTY_RULE))
     problems: list[_Problem] = []  # (node path, key, rule)
-    config, adopt = _check_document(document, name, problems, rules or ProgramRules())
+    config, adopt = _check_document(document.value, name, problems, rules or ProgramRules())
     if not problems:
         return StackFile(name, shown, config, adopt)
-    lines = _Lines(text)
+    lines = _Lines(document.root)
     errors = sorted(
         (FleetError(shown, lines.line(node_path), key, rule) for node_path, key, rule in problems),
         key=lambda e: e.line or 0,
@@ -227,12 +280,34 @@ def read_stack_file(
     return StackFile(name, shown, config, adopt, tuple(errors))
 
 
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file (never through a symlink: the entry may have changed
+    since the folder was listed), at most MAX_FILE_BYTES, UTF-8."""
+    try:
+        # O_NONBLOCK: a FIFO put in its place opens at once, and is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Unreadable(f"is a symbolic link: {NOT_A_FILE_RULE}") from None
+        raise _Unreadable(f"cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unreadable(f"is not a regular file: {NOT_A_FILE_RULE}")
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise _Unreadable(
+            f"is larger than {MAX_FILE_BYTES // 1024} KiB: a stack file is a few keys"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"is not UTF-8 text (byte {exc.start + 1})") from None
+
+
 def _check_document(
     document: Any, name: str, problems: list[_Problem], rules: ProgramRules
 ) -> tuple[dict[str, Any], bool]:
     record: dict[str, Any] = {"serverName": name}
-    if document is None:
-        document = {}
     if not isinstance(document, dict):
         problems.append(((), None, "must be a mapping with a `config:` key"))
         return record, False
@@ -436,13 +511,10 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 class _Lines:
-    """Line numbers of a file's nodes; composed only for a file that has errors."""
+    """Line numbers of a file's nodes, from the tree the file was read from."""
 
-    def __init__(self, text: bytes) -> None:
-        try:
-            self.root: yaml.Node | None = yaml.compose(text, Loader=yaml.CSafeLoader)
-        except yaml.YAMLError:
-            self.root = None
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.root = root
 
     def line(self, path: tuple[str | int, ...] | None) -> int | None:
         node = self.root
