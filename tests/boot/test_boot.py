@@ -1,11 +1,10 @@
 """The real boot: config -> program -> user_data -> Debian 12, systemd, cloud-init -> online.
 
 The program runs under citrus_deploy.standin.engine (the stand-in for the Pulumi engine and
-DigitalOcean) and
-writes its rows to the test PostgreSQL; the droplet's `user_data` it produced is booted with a
-NoCloud seed in a systemd-nspawn container (tests/boot/runner.py). At the boundary: a Git server
-that serves the stand-in agent only to the right token, and a hub double that checks id and key
-against `agents` and sets the row 'online' (tests/boot/standins).
+DigitalOcean) and writes its rows to the test PostgreSQL; the droplet's `user_data` it produced
+is booted with a NoCloud seed in a systemd-nspawn container (tests/boot/runner.py). At the
+boundary: a Git server that serves the stand-in agent only to the right token, and a hub double
+that checks id and key against `agents` and sets the row 'online' (tests/boot/standins).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -270,6 +271,56 @@ def test_a_file_with_errors_is_an_error_entry_not_a_destroy(fleet_repo: FleetRep
     assert plan.has_errors
 
 
+def _replace_with(kind: str, path: Path) -> None:
+    path.unlink()
+    if kind == "a symlink out of the repository":
+        outside = path.parent.parent.parent / "outside.yaml"
+        outside.write_text("config:\n  citrus-deploy:size: s-8vcpu-16gb\n")
+        path.symlink_to(outside)
+    elif kind == "a dangling symlink":
+        path.symlink_to("/nonexistent/Pulumi.web-1.yaml")
+    elif kind == "a symlink loop":
+        path.symlink_to(path.name)
+    elif kind == "a directory":
+        path.mkdir()
+        (path / "x").write_text("x\n")  # Git keeps no empty folder
+    elif kind == "an empty file":
+        path.write_text("")
+    else:  # a second config block, once hiding `gitops:adopt: true`
+        path.write_text("config:\n  citrus-deploy:size: s-1vcpu-1gb\nconfig: {}\n")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "a symlink out of the repository",
+        "a dangling symlink",
+        "a symlink loop",
+        "a directory",
+        "an empty file",
+        "a second config block",
+    ],
+)
+def test_a_server_file_that_cannot_be_read_is_an_error_never_a_destroy(
+    fleet_repo: FleetRepo, kind: str
+) -> None:
+    """Issue 17: a dangling link or a folder named Pulumi.web-1.yaml was skipped, so web-1
+    was planned as a destroy; a link out of the repository made the plan of one commit change;
+    an empty file replaced the server with the defaults."""
+    fleet_repo.write("web-1", size="s-1vcpu-1gb")
+    fleet_repo.write("web-2", size="s-1vcpu-1gb")
+    fleet_repo.commit()
+    state = applied(plan_of(fleet_repo, {}))
+    _replace_with(kind, fleet_repo.path("web-1"))
+    fleet_repo.commit(f"web-1 becomes {kind}")
+
+    plan = by_name(plan_of(fleet_repo, state))
+
+    assert (plan["web-1"].action, plan["web-1"].prune) == ("error", False)
+    assert plan["web-1"].errors[0].startswith("fleet/Pulumi.web-1.yaml")
+    assert plan["web-2"].action == "unchanged"
+
+
 def test_a_failed_first_apply_is_retried_and_a_failed_last_one_redeployed(
     fleet_repo: FleetRepo,
 ) -> None:
@@ -327,6 +378,18 @@ def test_plan_refuses_uncommitted_changes_naming_them(
     assert err == (
         "gitops plan: uncommitted changes in the fleet folder (a plan is made for a commit): "
         "fleet/Pulumi.web-1.yaml, fleet/Pulumi.web-2.yaml, fleet/Pulumi.web-3.yaml\n"
+    )
+
+
+def test_plan_prints_uncommitted_file_names_escaped(
+    fleet_repo: FleetRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newline in a name would start a line of its own in the CI log: `::error::...`."""
+    fleet_repo.write_text("Pulumi.web\n::error::pwned.yaml", "config: {}\n")
+    assert run_plan(fleet_repo, monkeypatch, None) == 2
+    assert capsys.readouterr().err == (
+        "gitops plan: uncommitted changes in the fleet folder (a plan is made for a commit): "
+        "fleet/Pulumi.web\\n::error::pwned.yaml\n"
     )
 
 

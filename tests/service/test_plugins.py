@@ -54,7 +54,8 @@ def test_a_worker_installs_the_plugins_the_installed_packages_pin(
 
 
 def service_command(cli: Cli, tmp_path: Path, command: str) -> subprocess.CompletedProcess[str]:
-    """`citrus-deploy service <command>` with valid automation settings and no reachable database."""
+    """`citrus-deploy service <command>` with valid automation settings and no reachable
+    database."""
     env = {
         **os.environ,
         "CITRUS_DEPLOYER": "automation",

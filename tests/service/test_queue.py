@@ -1,7 +1,7 @@
 """Queue and workers for real: HTTP -> queue -> worker process -> program -> rows.
 
-Workers are `citrus-deploy service worker` processes running the engine stand-in (the stand-in for the
-Pulumi engine and DigitalOcean); everything else, PostgreSQL included, is real.
+Workers are `citrus-deploy service worker` processes running the engine stand-in (the stand-in
+for the Pulumi engine and DigitalOcean); everything else, PostgreSQL included, is real.
 """
 
 from __future__ import annotations

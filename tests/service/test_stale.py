@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -444,6 +445,109 @@ def test_recovery_looks_up_only_the_agents_of_failed_servers(database: str) -> N
 
     assert "Seq Scan on agents" not in shown, shown
     assert "agents_pkey" in shown, shown
+
+
+# -- the boot verdicts of the failed agents ------------------------------------------------------
+
+
+def counting_cursors(seen: list[str]) -> type[psycopg.AsyncCursor[Any]]:
+    """A cursor class that notes each statement it sends (the connection's `cursor_factory`)."""
+
+    class Counting(psycopg.AsyncCursor[Any]):
+        async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            seen.append(str(query).split("\n")[0][:60])
+            return await super().execute(query, params, **kwargs)
+
+    return Counting
+
+
+def add_stale(conninfo: str, count: int) -> None:
+    with psycopg.connect(conninfo) as conn:
+        for i in range(count):
+            add(conn, f"many-{i}", agent="offline", age_minutes=11)
+
+
+async def statements_of_a_check(conninfo: str) -> list[str]:
+    seen: list[str] = []
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, cursor_factory=counting_cursors(seen)
+    ) as conn:
+        await stale.check(conn, TIMEOUT)
+    return seen
+
+
+@pytest.mark.parametrize("failed_agents", [1, 2, 60])
+def test_the_check_sends_the_same_statements_however_many_agents_fail(
+    database: str, failed_agents: int
+) -> None:
+    """Issue 20: an INSERT per failed agent (its boot verdict) made the check 15x its bare
+    UPDATE. Four statements: recovery, failing (with each agent's last report), settling, and
+    every verdict at once."""
+    add_stale(database, failed_agents)
+
+    sent = asyncio.run(statements_of_a_check(database))
+
+    assert rows(database, "SELECT count(*) FROM boot_steps WHERE event = 'stale'") == [
+        (failed_agents,)
+    ]
+    assert len(sent) == 4, sent
+
+
+def test_each_failed_agent_gets_the_verdict_of_its_own_last_report(database: str) -> None:
+    """Recorded together, each verdict still says where that agent's own boot stopped."""
+    reports = {
+        "none-1": [],
+        "fetch-1": [("step", "fetch", None), ("failure", "fetch", "x returned error: 403")],
+        "fetch-2": [("step", "fetch", None), ("failure", "fetch", "y returned error: 404")],
+        "ok-1": [("step", "verify", None), ("success", "verify", None)],
+        "midway-1": [("step", "packages", None)],
+    }
+    with psycopg.connect(database) as conn:
+        for name, sent in reports.items():
+            add(conn, name, agent="offline", age_minutes=11)
+            for seq, (event, step, tail) in enumerate(sent, 1):
+                conn.execute(
+                    "INSERT INTO boot_steps (agent_id, boot_id, seq, step, label, event, tail, "
+                    "reported_at, signed_at, signature) SELECT id, 'b', %s, %s, %s, %s, %s, "
+                    "now(), now(), md5(random()::text) FROM agents WHERE name = %s",
+                    (seq, step, f"{step} as the script says", event, tail, f"agent-{name}"),
+                )
+
+    asyncio.run(run_check(database))
+
+    verdicts = dict(
+        rows(
+            database,
+            "SELECT a.name, b.step || ': ' || b.label FROM boot_steps b "
+            "JOIN agents a ON a.id = b.agent_id WHERE b.event = 'stale'",
+        )
+    )
+    head = "no agent after 600 s; "
+    assert verdicts == {
+        "agent-none-1": "other: " + head + "no boot report arrived (bootReportUrl unset, or the "
+        "droplet never reached the service)",
+        "agent-fetch-1": "fetch: " + head + "boot stopped at 'fetch agent': HTTP 403 from the "
+        "repository",
+        "agent-fetch-2": "fetch: " + head + "boot stopped at 'fetch agent': HTTP 404 from the "
+        "repository",
+        "agent-ok-1": "verify: " + head + "the boot script succeeded, but the agent never "
+        "connected to the hub",
+        "agent-midway-1": "packages: " + head + "boot stopped at 'install packages' (no outcome "
+        "reported after it)",
+    }
+
+
+def test_an_agent_failed_again_keeps_its_first_verdict(database: str) -> None:
+    """At most one verdict per agent (boot_steps_one_stale): failing it again adds none."""
+    add_stale(database, 2)
+    asyncio.run(run_check(database))
+    with psycopg.connect(database) as conn:  # by hand, as an operator might
+        conn.execute("UPDATE agents SET status = 'offline' WHERE name = 'agent-many-0'")
+
+    again = asyncio.run(run_check(database))
+
+    assert again.failed_agents == ["agent-many-0"]
+    assert rows(database, "SELECT count(*) FROM boot_steps WHERE event = 'stale'") == [(2,)]
 
 
 # -- an `up` still in flight --------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The web service's edges (issue 9): waits, odd names, settings that bite, slow clients, caps.
 
-Each test here failed before its fix. The slow-client tests run `citrus-deploy service web` (the real
-uvicorn, as cmd_web configures it) on 127.0.0.1 and talk to it over a raw socket, with bounded
-timeouts.
+Each test here failed before its fix. The slow-client tests run `citrus-deploy service web` (the
+real uvicorn, as cmd_web configures it) on 127.0.0.1 and talk to it over a raw socket, with
+bounded timeouts.
 """
 
 from __future__ import annotations

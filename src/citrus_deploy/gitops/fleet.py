@@ -1,28 +1,34 @@
 """The fleet folder: one `Pulumi.<name>.yaml` per server, read and checked by the program's rules.
 
-Each file is parsed with PyYAML's C loader; only a file with errors is composed a second time to
-find the line of each bad key, so a clean fleet costs one fast parse per file. Secrets never live
-in a fleet file (they come from the pipeline's secret store): a file holding one is refused and
-the error names the file, line and key, never the value.
+A stack file is a regular file of at most MAX_FILE_BYTES, named by a strict pattern, in the YAML
+gitops.strict_yaml allows (no aliases, merges, tags or repeated keys); anything else named like
+one (a symlink, a directory, a FIFO, an empty file) is an error of that server, so the plan
+never takes it for a removed file. Secrets never live in a fleet file (they come from the
+pipeline's secret store): a file holding one is refused and the error names the file, line and
+key, never the value. Every name and key in an error is escaped (gitops.printable).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import multiprocessing
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from citrus_deploy.errors import InvalidValue
+from citrus_deploy.gitops import strict_yaml
+from citrus_deploy.gitops.credentials import credential_in, redact
+from citrus_deploy.gitops.printable import printable
 from citrus_deploy.program import config as stack_config
 from citrus_deploy.program import validation
 
@@ -35,11 +41,21 @@ SECRET_KEYS = frozenset({f"{PREFIX}githubToken", f"{PREFIX}databaseUrl", "digita
 # Top-level keys `pulumi` writes for a stack with its own secrets provider.
 SECRET_TOP_KEYS = frozenset({"secretsprovider", "encryptedkey", "encryptionsalt"})
 
-_STACK_FILE = re.compile(r"Pulumi\.(?P<name>.+)\.yaml")
-_CREDENTIAL = re.compile(
-    r"dop_v1_[A-Za-z0-9]+|(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]+|github_pat_[A-Za-z0-9_]+"
+_STACK_FILE = re.compile(r"Pulumi\.(?P<name>.+)\.yaml", re.DOTALL)
+# What a stack file's server name may hold; the program's own rule (a hostname) is checked
+# after, with its own message. Anything else (a newline, escape bytes) is refused by name.
+_STACK_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
+NAME_RULE = (
+    "not a stack file name: a server name is letters, digits, '.', '_' and '-' "
+    "(Pulumi.<server name>.yaml)"
 )
-_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@")
+# A stack file is a few hundred bytes; reading stops here.
+MAX_FILE_BYTES = 64 * 1024
+NOT_A_FILE_RULE = "a stack file must be a regular file in the repository"
+EMPTY_RULE = (
+    "is empty: a fleet file holds `config:` with the server's keys (`config: {}` for a server "
+    "with every default)"
+)
 
 # What the program's validation sees for the values that come from the service, not the file.
 # They are valid by the program's rules so only the file's own values can fail. databaseUrl is
@@ -62,12 +78,22 @@ SECRET_RULE = "secrets come from the pipeline's secret store, never from a fleet
 
 @dataclass(frozen=True)
 class FleetError:
-    """One problem with the fleet, printed as `file:line: key: rule`."""
+    """One problem with the fleet, printed as `file:line: key: rule`.
+
+    What comes from the repository is made safe here, once: names and keys escaped, anything
+    that looks like a credential in a key or rule redacted.
+    """
 
     file: str
     line: int | None
     key: str | None
     rule: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", printable(self.file))
+        if self.key is not None:
+            object.__setattr__(self, "key", printable(redact(self.key)))
+        object.__setattr__(self, "rule", printable(redact(self.rule)))
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -132,22 +158,30 @@ def read_fleet(directory: Path | str, display: str | None = None, *, jobs: int =
     files or more, else 1. More than one are forked: never pass it with a connection open.
     """
     folder = Path(directory)
-    shown = (display if display is not None else str(directory)).rstrip("/") or "."
+    shown = printable((display if display is not None else str(directory)).rstrip("/") or ".")
     fleet = Fleet(directory=folder, display=shown)
-    with os.scandir(folder) as entries:
-        found = sorted((e.name, e.path) for e in entries if e.is_file())
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
     stacks: list[_Entry] = []
-    for filename, path in found:
-        path_shown = f"{shown}/{filename}"
-        match = _STACK_FILE.fullmatch(filename)
+    unreadable: list[StackFile] = []
+    for entry in entries:  # nothing here follows a symlink
+        path_shown = f"{shown}/{entry.name}"
+        match = _STACK_FILE.fullmatch(entry.name)
         if match is None:
-            if filename.lower().endswith((".yaml", ".yml")):
+            if entry.name.lower().endswith((".yaml", ".yml")) and not _is_dir(entry):
                 rule = "not a stack file: a fleet file is named Pulumi.<server name>.yaml"
                 fleet.errors.append(FleetError(path_shown, None, None, rule))
             continue
-        stacks.append((path, match["name"], path_shown))
+        if not _STACK_NAME.fullmatch(match["name"]):
+            fleet.errors.append(FleetError(path_shown, None, None, NAME_RULE))
+            continue
+        kind = _not_a_file(entry)
+        if kind is not None:
+            unreadable.append(_unreadable(match["name"], path_shown, kind))
+            continue
+        stacks.append((entry.path, match["name"], path_shown))
     by_name: dict[str, list[StackFile]] = {}
-    for stack in _read_all(stacks, jobs):
+    for stack in sorted([*_read_all(stacks, jobs), *unreadable], key=lambda s: s.path):
         by_name.setdefault(stack.name.lower(), []).append(stack)
     for same in by_name.values():
         if len(same) > 1:
@@ -159,6 +193,35 @@ def read_fleet(directory: Path | str, display: str | None = None, *, jobs: int =
         for stack in same:
             fleet.files[stack.name] = stack
     return fleet
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _not_a_file(entry: os.DirEntry[str]) -> str | None:
+    """Why a stack file's entry cannot be read as one, or None for a regular file."""
+    try:
+        if entry.is_symlink():
+            return "is a symbolic link"
+        if entry.is_dir(follow_symlinks=False):
+            return "is a directory"
+        if not entry.is_file(follow_symlinks=False):
+            return "is not a regular file (a FIFO, socket or device)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
+
+
+def _unreadable(name: str, shown: str, why: str) -> StackFile:
+    """An error for the server the name says, so that the plan never takes it for a removal."""
+    rule = f"{why}: {NOT_A_FILE_RULE}"
+    return StackFile(
+        name, shown, {"serverName": name}, False, (FleetError(shown, None, None, rule),)
+    )
 
 
 def _read_all(stacks: list[_Entry], jobs: int) -> list[StackFile]:
@@ -179,46 +242,72 @@ def _read_chunk(stacks: list[_Entry]) -> list[StackFile]:
     return [read_stack_file(Path(path), name, shown, rules) for path, name, shown in stacks]
 
 
+class _Unreadable(Exception):
+    """The file cannot be read as a stack file; the message is the rule."""
+
+
 def read_stack_file(
     path: Path, name: str, shown: str, rules: ProgramRules | None = None
 ) -> StackFile:
     """Parses and checks one file; on any problem, its errors carry line numbers."""
-    with open(path, "rb") as file:
-        text = file.read()
+
+    def refused(*errors: FleetError) -> StackFile:
+        return StackFile(name, shown, {"serverName": name}, False, errors)
+
     try:
-        document = yaml.load(text, Loader=yaml.CSafeLoader)
+        text = _read_text(path)
+        document = strict_yaml.load(text)
+    except _Unreadable as exc:
+        return refused(FleetError(shown, None, None, str(exc)))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or "cannot be parsed"
-        return StackFile(
-            name,
-            shown,
-            {"serverName": name},
-            False,
-            (FleetError(shown, line, None, f"not valid YAML: {problem}"),),
-        )
+        return refused(FleetError(shown, line, None, f"not valid YAML: {problem}"))
+    except strict_yaml.Refused as exc:
+        return refused(*(FleetError(shown, p.line, p.key, p.rule) for p in exc.problems))
+    if document.value is None:
+        return refused(FleetError(shown, None, None, EMPTY_RULE))
     problems: list[_Problem] = []  # (node path, key, rule)
-    config, adopt = _check_document(document, name, problems, rules or ProgramRules())
+    config, adopt = _check_document(document.value, name, problems, rules or ProgramRules())
     if not problems:
         return StackFile(name, shown, config, adopt)
-    lines = _Lines(text)
+    lines = _Lines(document.root)
     errors = sorted(
-        (
-            FleetError(shown, lines.line(node_path), key, redact(rule))
-            for node_path, key, rule in problems
-        ),
+        (FleetError(shown, lines.line(node_path), key, rule) for node_path, key, rule in problems),
         key=lambda e: e.line or 0,
     )
     return StackFile(name, shown, config, adopt, tuple(errors))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file (never through a symlink: the entry may have changed
+    since the folder was listed), at most MAX_FILE_BYTES, UTF-8."""
+    try:
+        # O_NONBLOCK: a FIFO put in its place opens at once, and is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Unreadable(f"is a symbolic link: {NOT_A_FILE_RULE}") from None
+        raise _Unreadable(f"cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unreadable(f"is not a regular file: {NOT_A_FILE_RULE}")
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise _Unreadable(
+            f"is larger than {MAX_FILE_BYTES // 1024} KiB: a stack file is a few keys"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"is not UTF-8 text (byte {exc.start + 1})") from None
 
 
 def _check_document(
     document: Any, name: str, problems: list[_Problem], rules: ProgramRules
 ) -> tuple[dict[str, Any], bool]:
     record: dict[str, Any] = {"serverName": name}
-    if document is None:
-        document = {}
     if not isinstance(document, dict):
         problems.append(((), None, "must be a mapping with a `config:` key"))
         return record, False
@@ -252,8 +341,9 @@ def _check_document(
         kind = kinds.get(key) if isinstance(key, str) else None
         if type(value) is str and kind is not None and kind[0] == "config":
             # The common case, kept short: a plain string for a declared key.
-            if _CREDENTIAL.search(value) or ("@" in value and _has_password(value)):
-                problems.append(_credential_problem(key, value))
+            what = credential_in(value)
+            if what is not None:
+                problems.append(_credential_problem(key, None, what))
                 refused.add(key)
             else:
                 record[kind[1]] = value
@@ -272,8 +362,8 @@ def _check_document(
         elif kind[0] == "secret":
             problems.append((where, shown_key, f"is a secret: {SECRET_RULE}"))
             refused.add(shown_key)
-        elif _credential_in(value) is not None:
-            problems.append(_credential_problem(shown_key, value))
+        elif (found := _credential_in(value)) is not None:
+            problems.append(_credential_problem(shown_key, *found))
             refused.add(shown_key)
         elif kind[0] == "adopt":
             if isinstance(value, bool):
@@ -391,46 +481,40 @@ def _file_key(field_name: str) -> tuple[str, tuple[str | int, ...]]:
     return f"{full}[{rest}", (*path, int(index)) if index.isdigit() else path
 
 
-def _credential_problem(key: str, value: Any) -> _Problem:
-    index, what = _credential_in(value) or (None, "a credential")
+def _credential_problem(key: str, index: int | None, what: str) -> _Problem:
     where: tuple[str | int, ...] = ("config", key) if index is None else ("config", key, index)
     return where, key, f"looks like a credential ({what}, value not shown): {SECRET_RULE}"
 
 
 def _credential_in(value: Any) -> tuple[int | None, str] | None:
-    """(list index or None, what it looks like) when a value looks like a credential."""
+    """(list index or None, what it looks like) when a value, or any string inside it, keys
+    of mappings included, looks like a credential."""
     items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
     for index, item in items:
-        if not isinstance(item, str):
-            continue
-        if _CREDENTIAL.search(item):
-            return index, "a DigitalOcean or GitHub token"
-        if "://" in item and "@" in item and _has_password(item):
-            return index, "a URL with a password"
+        for text in _strings(item):
+            what = credential_in(text)
+            if what is not None:
+                return index, what
     return None
 
 
-def _has_password(text: str) -> bool:
-    try:
-        return urlsplit(text).password is not None
-    except ValueError:
-        return _URL_PASSWORD.search(text) is not None
-
-
-def redact(message: str) -> str:
-    """A last guard: no token- or password-looking text in an error, whatever produced it."""
-    message = _CREDENTIAL.sub("[redacted]", message)
-    return _URL_PASSWORD.sub("[redacted]@", message)
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
 
 
 class _Lines:
-    """Line numbers of a file's nodes; composed only for a file that has errors."""
+    """Line numbers of a file's nodes, from the tree the file was read from."""
 
-    def __init__(self, text: bytes) -> None:
-        try:
-            self.root: yaml.Node | None = yaml.compose(text, Loader=yaml.CSafeLoader)
-        except yaml.YAMLError:
-            self.root = None
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.root = root
 
     def line(self, path: tuple[str | int, ...] | None) -> int | None:
         node = self.root

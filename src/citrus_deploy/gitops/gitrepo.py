@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from citrus_deploy.errors import CitrusError
+from citrus_deploy.gitops.printable import printable
 from citrus_deploy.program import fingerprint as program
 
 REPOSITORY_ENV = ("CITRUS_GITOPS_REPOSITORY", "GITHUB_REPOSITORY")
@@ -23,8 +24,13 @@ class GitError(CitrusError):
 def git(directory: Path, *args: str) -> str:
     """Runs `git -C directory args...` and returns its stdout; GitError with git's own words."""
     try:
+        # A file name need not be UTF-8: its bytes are kept (surrogateescape), not a crash.
         done = subprocess.run(
-            ["git", "-C", str(directory), *args], capture_output=True, text=True, check=False
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            encoding="utf-8",
+            errors="surrogateescape",
+            check=False,
         )
     except FileNotFoundError:
         raise GitError("git is not installed (no `git` on PATH)") from None
@@ -48,9 +54,8 @@ def head_commit(directory: Path) -> str:
 
 
 def uncommitted(directory: Path) -> list[str]:
-    """Files under `directory` that differ from HEAD (changed, staged, new or deleted).
-
-    Paths are relative to the repository's top level, as `git status` prints them.
+    """Files under `directory` that differ from HEAD (changed, staged, new or deleted), for a
+    message: relative to the repository's top level, escaped (a file name may hold a newline).
     """
     out = git(directory, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".")
     names: list[str] = []
@@ -58,7 +63,7 @@ def uncommitted(directory: Path) -> list[str]:
     for entry in entries:
         if not entry:
             continue
-        names.append(entry[3:])
+        names.append(printable(entry[3:]))
         if entry[0] in "RC":
             next(entries, None)  # a rename's second path is its source
     return sorted(names)

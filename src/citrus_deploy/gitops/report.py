@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from citrus_deploy.gitops.fleet import redact
+from citrus_deploy.gitops.credentials import redact
 from citrus_deploy.gitops.plan import Change, Plan, ServerPlan
 
 MARKDOWN_LIMIT = 60_000

@@ -5,8 +5,10 @@ so do their servers still 'provisioning' (one statement); an agent whose `up` is
 running is left alone, since the provider writes the agent row before the droplet and the server
 row. Servers still 'provisioning' whose agent is 'online' become 'active' (another). A server
 the check failed becomes 'active' when its agent connects after all (the hub sets it 'online'
-whatever it was; a third statement). Each runs in its own transaction. Servers awaiting their
-agent are found through the side table servers_awaiting_agent (db/schema.sql says why).
+whatever it was; a third statement). Each runs in its own transaction; the boot verdicts of the
+agents it fails (boot_reports.record_stale, one statement for all) are written in the failing
+one's. Servers awaiting their agent are found through the side table servers_awaiting_agent
+(db/schema.sql says why).
 Several checkers may run at once (one per worker, or the CLI beside them): a row another
 checker changed or removed first no longer matches when its lock is released, so each row
 changes, and is reported, exactly once.
@@ -74,14 +76,20 @@ async def check(conn: psycopg.AsyncConnection[Any], timeout_seconds: float) -> S
         name for (name,) in await _run(conn, sql["stale_recover_failed_servers"], {})
     ]
     active_servers: list[str] = list(recovered_servers)
-    for kind, name in await _run(
-        conn, sql["fail_stale_agents"], {"timeout_seconds": timeout_seconds}
-    ):
-        (failed_agents if kind == "agent" else failed_servers).append(name)
+    async with conn.transaction():
+        cur = await conn.execute(sql["fail_stale_agents"], {"timeout_seconds": timeout_seconds})
+        last_reports: list[boot_reports.LastReport] = []
+        for kind, name, agent_id, step, label, event, tail in await cur.fetchall():
+            if kind == "agent":
+                failed_agents.append(name)
+                last_reports.append(boot_reports.LastReport(agent_id, step, label, event, tail))
+            else:
+                failed_servers.append(name)
+        # Where each failed agent's boot stopped (GET /admin/servers/{name}), one statement for
+        # all of them, committed with the failure itself.
+        await boot_reports.record_stale(conn, last_reports, timeout_seconds)
     for name, status in await _run(conn, sql["settle_provisioning_servers"], {}):
         (active_servers if status == "active" else failed_servers).append(name)
-    # Where each failed agent's boot stopped, from its boot reports (GET /admin/servers/{name}).
-    await boot_reports.record_stale(conn, failed_agents, timeout_seconds)
     result = StaleResult(
         failed_agents,
         failed_servers,

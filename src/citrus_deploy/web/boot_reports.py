@@ -323,27 +323,45 @@ def stopped_at(steps: list[BootStepOut]) -> str | None:
     return next((s.label for s in reversed(steps) if s.event == "stale"), None)
 
 
+@dataclass(frozen=True)
+class LastReport:
+    """A failed agent and its last boot report (all None when none arrived)."""
+
+    agent_id: uuid.UUID
+    step: str | None
+    label: str | None
+    event: str | None
+    tail: str | None
+
+
 async def record_stale(
-    conn: psycopg.AsyncConnection[Any], agent_names: list[str], timeout_seconds: float
+    conn: psycopg.AsyncConnection[Any], failed: list[LastReport], timeout_seconds: float
 ) -> None:
     """For each agent the stale check just failed: a `stale` step saying where its boot stopped
     ("no agent after 600 s; boot stopped at 'fetch agent': HTTP 403 from the repository").
-    At most one per agent (boot_steps_one_stale), so concurrent checkers write it once."""
-    if not agent_names:
+    One statement for all of them, in the caller's transaction (the one that failed them); at
+    most one per agent (boot_steps_one_stale)."""
+    if not failed:
         return
-    sql = queries.load()
-    async with conn.transaction():
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(sql["select_last_boot_steps_of_failed"], {"names": agent_names})
-        for row in await cur.fetchall():
-            await conn.execute(
-                sql["insert_stale_boot_step"],
-                {
-                    "agent_id": row["agent_id"],
-                    "step": row["step"] or "other",
-                    "label": verdict(timeout_seconds, row),
-                },
-            )
+    labels: dict[str, int] = {}  # each distinct verdict -> its 1-based index in the array sent
+    of_report: dict[tuple[str | None, ...], int] = {}  # many agents share their last report
+    label_of = []
+    for last in failed:
+        report = (last.step, last.label, last.event, last.tail)
+        index = of_report.get(report)
+        if index is None:
+            said = verdict(timeout_seconds, vars(last))
+            index = of_report[report] = labels.setdefault(said, len(labels) + 1)
+        label_of.append(index)
+    await conn.execute(
+        queries.load()["insert_stale_boot_steps"],
+        {
+            "agent_ids": [last.agent_id for last in failed],
+            "steps": [last.step or "other" for last in failed],
+            "labels": list(labels),
+            "label_of": label_of,
+        },
+    )
 
 
 def verdict(timeout_seconds: float, last: dict[str, Any]) -> str:
