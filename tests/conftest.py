@@ -21,7 +21,7 @@ from psycopg import sql
 from citrus_deploy.standin.cli import install_launcher
 from citrus_deploy.standin.pg import PgServer
 from citrus_deploy.store.migrate import migrate
-from citrus_deploy.store.queue_schema import migrate as migrate_service
+from citrus_deploy.store.migrate import migrate_all as migrate_service
 
 TEMPLATE_DB = "citrus_template"
 SERVICE_TEMPLATE = "citrus_service_template"

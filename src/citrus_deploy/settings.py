@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from citrus_deploy.errors import CitrusError
-from citrus_deploy.program import config as stack_config
 
 PROJECT = "citrus-deploy"
 PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "password", "token", "admin"}
@@ -28,14 +34,6 @@ ADMIN_TOKEN_MIN = 16
 # and non-ASCII would make a token that no client can send as set, or one whose length counts
 # characters that are not secret.
 ADMIN_TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
-
-# Stand-ins the engine stand-in uses when a real value is not set: it fakes DigitalOcean and never
-# contacts the hub or the agent repository, but the program's rules still want these fields.
-TEST_ENGINE_STAND_INS = {
-    "githubToken": "test-engine-github-token",
-    "engineWsUrl": "ws://127.0.0.1:8080",
-    "digitalocean:token": "test-engine-do-token",
-}
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # finite: a duration
 # A list from the environment: JSON (`["a", "b"]`) or comma-separated (`a,b`).
@@ -161,7 +159,7 @@ class Settings(BaseSettings):
     # Swagger UI at /docs (assets from the fastapi-offline package, never a CDN). Unset: on with
     # CITRUS_ENV=development, off otherwise: an operator types the token into its page.
     docs: bool | None = Field(None, validation_alias="CITRUS_DOCS")
-    # The operator console (service/console.py): how long a sign-in lasts, and whether its
+    # The operator console (web/console): how long a sign-in lasts, and whether its
     # cookie is Secure (unset: when the request came over https, as uvicorn sees it).
     session_seconds: int = Field(
         8 * 3600, ge=60, le=30 * 86400, validation_alias="CITRUS_SESSION_SECONDS"
@@ -169,7 +167,7 @@ class Settings(BaseSettings):
     cookie_secure: bool | None = Field(None, validation_alias="CITRUS_COOKIE_SECURE")
     # The reverse proxies whose X-Forwarded-For (the client's address) and X-Forwarded-Proto
     # uvicorn believes: comma-separated addresses or networks. Unset: none, the client is the
-    # connection's peer (the limit on wrong admin tokens counts per client: service/failures.py).
+    # connection's peer (the limit on wrong admin tokens counts per client: web/failures.py).
     forwarded_allow_ips: str | None = Field(None, validation_alias="CITRUS_FORWARDED_ALLOW_IPS")
 
     @field_validator("ssh_keys", "droplet_tags", mode="before")
@@ -285,116 +283,14 @@ class Settings(BaseSettings):
                 "keeps its Pulumi work directory there"
             ) from None
 
-    # -- the stack config of one deployment --------------------------------------------------
-
-    def stack_config(self, record: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
-        """`project:key` (or `digitalocean:token`) -> (value, secret) for one stack.
-
-        `record` is the non-secret config kept in the deployment record: serverName and
-        agentName over HTTP; a GitOps file's keys (size, tags, `digitalocean:apiEndpoint` ...).
-        Keys without `:` get the project prefix; values keep their types (`true`, `["web"]`),
-        which the deployer hands the CLI as the project declares them. The record's values win
-        over the service's defaults (ENGINE_WS_URL, CITRUS_SSH_KEYS, CITRUS_DROPLET_TAGS);
-        secrets always come from the service's settings, whatever the record holds.
-        """
-        values: dict[str, tuple[Any, bool]] = {}
-        stand_ins = TEST_ENGINE_STAND_INS if self.deployer == "test-engine" else {}
-        plain: dict[str, Any] = {
-            "engineWsUrl": self.engine_ws_url or stand_ins.get("engineWsUrl"),
-            "sshKeys": list(self.ssh_keys) or None,
-            "tags": list(self.droplet_tags) or None,
-        }
-        for key, default in plain.items():
-            if default:
-                values[f"{PROJECT}:{key}"] = (default, False)
-        for key, raw in record.items():
-            if raw is None:
-                continue
-            full = key if ":" in key else f"{PROJECT}:{key}"
-            values[full] = (raw, False)
-        # Secrets come only from the service's settings, never from a record (even one edited
-        # by hand): a record's value is dropped, not sent in the clear.
-        values[f"{PROJECT}:databaseUrl"] = (self.database_url.get_secret_value(), True)
-        secret = {
-            "githubToken": self.github_token,
-            "digitalocean:token": self.digitalocean_token,
-        }
-        for key, secret_value in secret.items():
-            full = key if ":" in key else f"{PROJECT}:{key}"
-            value = secret_value.get_secret_value() if secret_value else stand_ins.get(key)
-            if value:
-                values[full] = (value, True)
-            else:
-                values.pop(full, None)
-        return values
-
-    def check_stack_config(self) -> None:
-        """Runs the program's config rules on a sample stack; raises SettingsError if they fail.
-
-        Web and worker call it at start, so a missing GITHUB_TOKEN is reported once, at start,
-        rather than as a failed deployment per request.
-        """
-        flat = {
-            k: v if isinstance(v, str) else json.dumps(v)
-            for k, (v, _secret) in self.stack_config({"serverName": "probe-1"}).items()
-        }
-        prefix = f"{PROJECT}:"
-        try:
-            stack_config.load(
-                lambda key: flat.get(prefix + key),
-                stack="probe-1",
-                get_provider=lambda key: flat.get(f"digitalocean:{key}"),
-                environ={},
-            )
-        except stack_config.InvalidConfig as exc:
-            raise SettingsError(f"the service cannot build valid stacks: {exc}") from None
-
-    def secret_values(self) -> list[str]:
-        """Every secret the engine output must never show (redacted before it is stored).
-
-        Not ADMIN_TOKEN: a deployment never gets it (service.child.WORKER_ONLY_ENV).
-        """
-        from psycopg.conninfo import conninfo_to_dict
-
-        found: list[str] = []
-        for item in (
-            self.digitalocean_token,
-            self.github_token,
-            self.pulumi_config_passphrase,
-        ):
-            if item is not None and item.get_secret_value():
-                found.append(item.get_secret_value())
-        password = conninfo_to_dict(self.database_url.get_secret_value()).get("password")
-        if password:
-            found.append(str(password))
-        found.append(self.database_url.get_secret_value())
-        # A postgres:// state backend's URL holds its password, and the CLI shows the URL
-        # when it cannot reach it (`unable to open state database "<url>"`).
-        backend = urlsplit(self.pulumi_backend_url)
-        if backend.password:
-            found += [backend.password, self.pulumi_backend_url]
-        return sorted(set(found), key=len, reverse=True)
-
-    def deployer_options(self) -> dict[str, Any]:
-        """What the deployer child process needs besides the stack config."""
-        passphrase = self.pulumi_config_passphrase
-        return {
-            "deployer": self.deployer,
-            "backend_url": self.pulumi_backend_url,
-            "passphrase": passphrase.get_secret_value() if passphrase else None,
-            "passphrase_file": str(self.pulumi_config_passphrase_file or "") or None,
-            "step_delay": self.test_engine_step_delay,
-            "stop_grace": self.deploy_stop_grace_seconds,
-            "work_dir": str(self.work_dir),
-        }
-
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment; raises SettingsError naming every bad variable."""
-    from pydantic import ValidationError
-
+    """Settings from the environment, and from the file CITRUS_ENV_FILE names (a systemd
+    EnvironmentFile's syntax; the environment wins); raises SettingsError naming every bad
+    variable."""
+    env_file = os.environ.get("CITRUS_ENV_FILE") or None
     try:
-        return Settings(**overrides)
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -22,7 +22,7 @@ import httpx
 import psycopg
 
 from citrus_deploy.standin.pg import PgServer
-from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.store.migrate import migrate_all as migrate
 from citrus_deploy.web import boot_reports
 from tests.browser.chrome import chrome, missing
 from tests.browser.conftest import Web

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from citrus_deploy.gitops import state
 from citrus_deploy.gitops.apply import BUSY, fresh_plan
 from citrus_deploy.gitops.workers import NoWorkers, ServiceWorkersWatch
+from citrus_deploy.store import gitops as gitops_store
 from tests.conftest import insert_server
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query, table
 from tests.service.conftest import Worker
@@ -273,7 +273,7 @@ def test_retry_failed_reruns_only_the_failed_servers(
     assert table(out)["web-3"][3] == "failed"
     head = fleet_repo.git("rev-parse", "HEAD").strip()
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        first = state.last_apply(conn, REPO, head)
+        first = gitops_store.last_apply(conn, REPO, head)
     assert first is not None
 
     hub.refuse = set()  # fixed: its agent connects now
@@ -282,10 +282,10 @@ def test_retry_failed_reruns_only_the_failed_servers(
     assert "retrying the 1 server(s) that failed in apply" in out
     assert list(table(out)) == ["web-3"]
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        last = state.last_apply(conn, REPO, head)
+        last = gitops_store.last_apply(conn, REPO, head)
         assert last is not None
         assert last != first
-        rerun = state.apply_deployments(conn, last)
+        rerun = gitops_store.apply_deployments(conn, last)
     assert [(d["server_name"], d["kind"], d["state"]) for d in rerun] == [
         ("web-3", "up", "succeeded")
     ]

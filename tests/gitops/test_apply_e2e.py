@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from citrus_deploy.gitops import state
+from citrus_deploy.store import ownership
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query, table
 
 NAMES = tuple(f"web-{i:02d}" for i in range(1, 21))
@@ -87,9 +87,11 @@ def test_a_failing_server_does_not_stop_the_others_in_its_wave(
     others = [n for n in NAMES if n != "web-05"]
     assert [rows[n][3] for n in others] == ["succeeded"] * 19
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        deployed = state.load_deployed(conn)
-        assert state.gitops_state(deployed["web-05"]) == "Reconciling"  # still awaiting its agent
-        assert {state.gitops_state(deployed[n]) for n in others} == {"Ready"}
+        deployed = ownership.load_deployed(conn)
+        assert (
+            ownership.gitops_state(deployed["web-05"]) == "Reconciling"
+        )  # still awaiting its agent
+        assert {ownership.gitops_state(deployed[n]) for n in others} == {"Ready"}
     assert query(conninfo, "SELECT outcome FROM gitops_applies") == [("failed",)]
 
     code, out, _ = gitops(capsys, "status", str(fleet_repo.fleet), "--repository", REPO)

@@ -13,8 +13,8 @@ import pytest
 from citrus_deploy.gitops.cli import main
 from citrus_deploy.gitops.fleet import read_fleet
 from citrus_deploy.gitops.plan import Plan, ServerPlan, forces_replace, make_plan
-from citrus_deploy.gitops.state import Deployed
 from citrus_deploy.program.component import REPLACE_KEYS
+from citrus_deploy.store.ownership import Deployed
 from tests.conftest import insert_server
 from tests.gitops.conftest import FleetRepo
 

@@ -10,7 +10,7 @@ from typing import Any
 from citrus_deploy.gitops.fleet import read_fleet
 from citrus_deploy.gitops.plan import Change, Plan, ServerPlan, make_plan
 from citrus_deploy.gitops.report import MARKDOWN_LIMIT, to_json, to_markdown
-from citrus_deploy.gitops.state import Deployed
+from citrus_deploy.store.ownership import Deployed
 from tests.gitops.test_plan import deployed
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "plan.json"

@@ -1,4 +1,5 @@
-"""gitops.state against real PostgreSQL: ownership, what was applied, applies, the fleet's load.
+"""GitOps' records (store.gitops, store.ownership) against real PostgreSQL: ownership, what was
+applied, applies, the fleet's load.
 
 Deployments are written as the service leaves them (rows only, no queue: enqueue is tested
 with the queue in tests/service/test_ownership.py).
@@ -15,11 +16,11 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from citrus_deploy.gitops import state
-from citrus_deploy.gitops.state import Deployed, gitops_state, load_deployed
+from citrus_deploy.store import gitops as gitops_store
 from citrus_deploy.store import queries
 from citrus_deploy.store.deployments import NotFound
 from citrus_deploy.store.migrate import migrate
+from citrus_deploy.store.ownership import Deployed, gitops_state, load_deployed
 from tests.conftest import insert_server
 
 REPO = "acme/fleet"
@@ -274,22 +275,22 @@ def test_gitops_state_from_the_database(conn: psycopg.Connection[Any], database:
 
 
 def test_an_apply_is_recorded_with_its_deployments(conn: psycopg.Connection[Any]) -> None:
-    first = state.start_apply(conn, REPO, "a1", {"version": 1, "servers": []})
-    second = state.start_apply(conn, REPO, "a1", {"version": 1, "servers": []})
-    other = state.start_apply(conn, REPO, "b2", {"version": 1})
+    first = gitops_store.start_apply(conn, REPO, "a1", {"version": 1, "servers": []})
+    second = gitops_store.start_apply(conn, REPO, "a1", {"version": 1, "servers": []})
+    other = gitops_store.start_apply(conn, REPO, "b2", {"version": 1})
     web = deployment(conn, "web-1", source="gitops", commit="a1")
     db = deployment(conn, "db-1", "destroy", "failed", source="gitops", commit="a1", error="x")
     conn.execute("UPDATE deployments SET apply_id = %s WHERE id IN (%s, %s)", (second, web, db))
-    state.finish_apply(conn, second, "failed")
+    gitops_store.finish_apply(conn, second, "failed")
 
-    assert state.last_apply(conn, REPO, "a1") == second
-    assert state.last_apply(conn, REPO, "b2") == other
-    assert state.last_apply(conn, "acme/other", "a1") is None
-    assert state.apply_deployments(conn, second) == [
+    assert gitops_store.last_apply(conn, REPO, "a1") == second
+    assert gitops_store.last_apply(conn, REPO, "b2") == other
+    assert gitops_store.last_apply(conn, "acme/other", "a1") is None
+    assert gitops_store.apply_deployments(conn, second) == [
         {"id": web, "server_name": "web-1", "kind": "up", "state": "succeeded", "error": None},
         {"id": db, "server_name": "db-1", "kind": "destroy", "state": "failed", "error": "x"},
     ]
-    assert state.apply_deployments(conn, first) == []
+    assert gitops_store.apply_deployments(conn, first) == []
     rows = conn.execute(
         "SELECT id, outcome, finished_at IS NOT NULL, plan FROM gitops_applies ORDER BY id"
     ).fetchall()
@@ -301,19 +302,19 @@ def test_an_apply_is_recorded_with_its_deployments(conn: psycopg.Connection[Any]
 
 
 def test_finish_apply_refuses_an_unknown_outcome_or_apply(conn: psycopg.Connection[Any]) -> None:
-    apply_id = state.start_apply(conn, REPO, "a1", {})
+    apply_id = gitops_store.start_apply(conn, REPO, "a1", {})
 
     with pytest.raises(ValueError, match="outcome 'done': must be one of succeeded"):
-        state.finish_apply(conn, apply_id, "done")
+        gitops_store.finish_apply(conn, apply_id, "done")
     with pytest.raises(NotFound, match="no GitOps apply"):
-        state.finish_apply(conn, apply_id + 1, "stopped")
+        gitops_store.finish_apply(conn, apply_id + 1, "stopped")
 
 
 def test_the_apply_functions_work_inside_a_callers_transaction(database: str) -> None:
     with psycopg.connect(database) as conn:  # not autocommit: the caller commits
-        apply_id = state.start_apply(conn, REPO, "a1", {})
-        state.finish_apply(conn, apply_id, "succeeded")
-        assert state.last_apply(conn, REPO, "a1") == apply_id
+        apply_id = gitops_store.start_apply(conn, REPO, "a1", {})
+        gitops_store.finish_apply(conn, apply_id, "succeeded")
+        assert gitops_store.last_apply(conn, REPO, "a1") == apply_id
 
 
 # -- schema ------------------------------------------------------------------------------------

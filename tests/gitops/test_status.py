@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from citrus_deploy.gitops.state import Deployed
 from citrus_deploy.gitops.status import NOT_APPLIED, render, rows
+from citrus_deploy.store.ownership import Deployed
 
 REPO = "acme/fleet"
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from citrus_deploy.settings import Settings, load_settings
 from citrus_deploy.standin.pg import PgServer, free_port
-from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.store.migrate import migrate_all as migrate
 from citrus_deploy.web.app import create_app
 from tests.conftest import create_database as create_database  # re-exported: modules import it
 from tests.paths import REPO

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from citrus_deploy.settings import SettingsError, load_settings
-from citrus_deploy.store import deployments
+from citrus_deploy.store import servers
 from citrus_deploy.web.app import create_app
 from tests.conftest import insert_server
 from tests.service.conftest import AUTH, TOKEN, make_settings, rows, service_env
@@ -316,7 +316,7 @@ def test_unexpected_errors_are_500_without_their_text(
     async def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("internal detail with secret-ish text")
 
-    monkeypatch.setattr(deployments, "list_servers", broken)
+    monkeypatch.setattr(servers, "list_servers", broken)
 
     response = client.get("/admin/servers", headers=AUTH)
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from citrus_deploy.queue import stale
-from citrus_deploy.web import boot_reports
+from citrus_deploy.store import boot_reports as store_boot_reports
 from citrus_deploy.web.app import create_app
 from citrus_deploy.web.boot_reports import MAX_REPORTS_PER_AGENT, MAX_REPORTS_PER_MINUTE, sign
 from tests.service.conftest import AUTH, make_settings, rows
@@ -497,7 +497,7 @@ def test_without_reports_the_stale_check_says_none_arrived(
     ],
 )  # fmt: skip
 def test_the_verdict_names_the_step_and_the_reason(last: dict[str, Any], said: str) -> None:
-    assert boot_reports.verdict(600, last) == said
+    assert store_boot_reports.verdict(600, last) == said
 
 
 def test_the_scripts_own_reports_are_accepted_by_the_endpoint(

@@ -11,6 +11,7 @@ import pytest
 from citrus_deploy.engine.child import run_in_child
 from citrus_deploy.engine.deployer import DeployError, StackValue, looks_transient
 from citrus_deploy.engine.events import describe_event
+from citrus_deploy.engine.stack_config import deployer_options, stack_config
 from citrus_deploy.standin.engine import Engine
 from tests.service.conftest import make_settings, rows
 
@@ -86,7 +87,7 @@ def test_each_engine_step_is_a_line_of_its_own(service_db: str, tmp_path: Path) 
     settings = make_settings(service_db, tmp_path)
     config = {
         key: StackValue(value, secret)
-        for key, (value, secret) in settings.stack_config({"serverName": "lines-1"}).items()
+        for key, (value, secret) in stack_config(settings, {"serverName": "lines-1"}).items()
     }
     lines: list[str] = []
 
@@ -94,8 +95,8 @@ def test_each_engine_step_is_a_line_of_its_own(service_db: str, tmp_path: Path) 
         lines.append(line)
 
     for _ in range(5):
-        asyncio.run(run_in_child("up", "lines-1", config, settings.deployer_options(), record))
-        asyncio.run(run_in_child("destroy", "lines-1", config, settings.deployer_options(), record))
+        asyncio.run(run_in_child("up", "lines-1", config, deployer_options(settings), record))
+        asyncio.run(run_in_child("destroy", "lines-1", config, deployer_options(settings), record))
 
     steps = [line for line in lines if line.startswith((" +  ", " -  "))]
     assert len(steps) == 5 * (8 + 8), lines  # 8 resources created, then 8 deleted, 5 times
@@ -126,7 +127,7 @@ def test_a_stopped_deployment_finishes_its_step_and_releases_the_stack(
     """SIGTERM, as the CLI expects: the step in flight completes, nothing is left pending."""
     settings = make_settings(service_db, tmp_path, CITRUS_TEST_ENGINE_STEP_DELAY="0.4")
     config = _config(settings, "stop-1")
-    options = {**settings.deployer_options(), "stop_grace": 30}
+    options = {**deployer_options(settings), "stop_grace": 30}
     lines: list[str] = []
 
     async def stop_then_deploy_again() -> dict[str, Any]:
@@ -153,7 +154,7 @@ def test_a_deployment_killed_after_its_grace_needs_an_operator(
     refuses (it would create a second droplet) and says what to run."""
     settings = make_settings(service_db, tmp_path, CITRUS_TEST_ENGINE_STEP_DELAY="3")
     config = _config(settings, "stop-1")
-    options = {**settings.deployer_options(), "stop_grace": 0.5}
+    options = {**deployer_options(settings), "stop_grace": 0.5}
     lines: list[str] = []
     killed: list[DeployError] = []
 
@@ -196,5 +197,5 @@ async def _ignore(line: str) -> None:
 def _config(settings: Any, name: str) -> dict[str, StackValue]:
     return {
         key: StackValue(value, secret)
-        for key, (value, secret) in settings.stack_config({"serverName": name}).items()
+        for key, (value, secret) in stack_config(settings, {"serverName": name}).items()
     }

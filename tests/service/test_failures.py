@@ -1,4 +1,4 @@
-"""The limit on wrong admin tokens (service/failures.py), shared by the console's sign-in and every
+"""The limit on wrong admin tokens (web/failures.py), shared by the console's sign-in and every
 bearer-token route (issue 19, 2 and 3). Through real web processes (`citrus-deploy service web`,
 uvicorn as cmd_web configures it), because who the client is depends on uvicorn's proxy headers:
 it is the connection's peer unless CITRUS_FORWARDED_ALLOW_IPS names the proxy. Each test failed

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from citrus_deploy.queue import stale
-from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.store.migrate import migrate_all as migrate
 from citrus_deploy.web.app import create_app
 from citrus_deploy.web.boot_reports import sign
 from tests.conftest import insert_server

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
 from citrus_deploy.standin.pg import free_port
-from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.store.migrate import migrate_all as migrate
 from tests.conftest import insert_server
 from tests.paths import REPO
 from tests.service.conftest import AUTH, rows, service_env

@@ -1,8 +1,8 @@
 """GitOps deployments through the service's queue, and who manages a server, as the API shows it.
 
-gitops.state.enqueue writes what the HTTP service writes (tests/gitops/test_state.py covers the
-rest of gitops.state); workers are real `citrus-deploy service worker` processes running the engine
-stand-in, PostgreSQL is real.
+store.gitops.enqueue writes what the HTTP service writes (tests/gitops/test_state.py covers the
+rest of GitOps' records); workers are real `citrus-deploy service worker` processes running the
+engine stand-in, PostgreSQL is real.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from citrus_deploy.gitops import state
+from citrus_deploy.engine.stack_config import stack_config
 from citrus_deploy.program.fingerprint import program_hash
 from citrus_deploy.settings import PROJECT
 from citrus_deploy.standin.engine import Engine
+from citrus_deploy.store import gitops as gitops_store
+from citrus_deploy.store import ownership
 from citrus_deploy.store.deployments import DeploymentConflict, NotFound
 from tests.conftest import insert_server
 from tests.service.conftest import AUTH, PASSPHRASE, Worker, make_settings, rows, wait_for
@@ -43,7 +45,7 @@ def enqueue(
     commit: str = "a1",
     apply_id: int | None = None,
 ) -> int:
-    return state.enqueue(
+    return gitops_store.enqueue(
         conn,
         apply_id=apply_id,
         name=name,
@@ -70,7 +72,7 @@ def job_of(conn: psycopg.Connection[Any], deployment_id: int) -> tuple[Any, ...]
 def test_a_gitops_up_is_queued_as_http_queues_one(
     conn: psycopg.Connection[Any], client: TestClient
 ) -> None:
-    apply_id = state.start_apply(conn, REPO, "a1", {"version": 1})
+    apply_id = gitops_store.start_apply(conn, REPO, "a1", {"version": 1})
     config = {"serverName": "git-1", "size": "s-2vcpu-4gb", "tags": ["web"], "monitoring": True}
 
     gitops_id = enqueue(conn, "git-1", config=config, apply_id=apply_id)
@@ -105,7 +107,7 @@ def test_a_gitops_up_is_queued_as_http_queues_one(
         ("git-1", "up", "queued", config, "gitops", REPO, "a1", apply_id, True),
         ("web-1", "up", "queued", {"serverName": "web-1"}, "http", None, None, None, True),
     ]
-    assert state.apply_deployments(conn, apply_id) == [
+    assert gitops_store.apply_deployments(conn, apply_id) == [
         {"id": gitops_id, "server_name": "git-1", "kind": "up", "state": "queued", "error": None}
     ]
 
@@ -217,7 +219,7 @@ def test_the_records_values_reach_the_stack_config_and_win(service_db: str, tmp_
         "digitalocean:apiEndpoint": "http://127.0.0.1:9/",
     }
 
-    config = settings.stack_config(record)
+    config = stack_config(settings, record)
 
     assert config[f"{PROJECT}:size"] == ("s-2vcpu-4gb", False)
     # Typed, as the project declares them: the deployer hands the CLI lists as lists.
@@ -240,8 +242,8 @@ def test_the_services_ssh_keys_and_tags_reach_every_stack_that_sets_none(
 ) -> None:
     settings = make_settings(service_db, tmp_path, CITRUS_SSH_KEYS=keys, CITRUS_DROPLET_TAGS=tags)
 
-    http = settings.stack_config({"serverName": "web-1"})
-    gitops = settings.stack_config({"serverName": "git-1", "tags": ["eu"], "sshKeys": []})
+    http = stack_config(settings, {"serverName": "web-1"})
+    gitops = stack_config(settings, {"serverName": "git-1", "tags": ["eu"], "sshKeys": []})
 
     assert http[f"{PROJECT}:sshKeys"] == (["12345", "aa:bb"], False)
     assert http[f"{PROJECT}:tags"] == (["citrus"], False)
@@ -260,7 +262,7 @@ def test_secrets_come_from_the_service_never_from_a_record(service_db: str, tmp_
         "digitalocean:token": "from-the-record",
     }
 
-    config = settings.stack_config(record)
+    config = stack_config(settings, record)
 
     assert config[f"{PROJECT}:githubToken"] == ("ghp_service", True)
     assert config[f"{PROJECT}:databaseUrl"] == (service_db, True)
@@ -272,7 +274,7 @@ def test_an_http_record_gives_the_stack_config_it_always_did(
 ) -> None:
     settings = make_settings(service_db, tmp_path, ENGINE_WS_URL="wss://hub.example.com/ws")
 
-    config = settings.stack_config({"serverName": "web-1", "agentName": "agent-web-1"})
+    config = stack_config(settings, {"serverName": "web-1", "agentName": "agent-web-1"})
 
     assert config == {
         f"{PROJECT}:serverName": ("web-1", False),
@@ -317,7 +319,7 @@ def test_a_gitops_server_deployed_by_a_worker_and_shown_by_the_api(
         "tags": ["web"],
         "monitoring": True,
     }
-    apply_id = state.start_apply(conn, REPO, "a1", {"version": 1})
+    apply_id = gitops_store.start_apply(conn, REPO, "a1", {"version": 1})
     up = enqueue(conn, "git-1", config=config, apply_id=apply_id)
     start_worker()
 
@@ -355,9 +357,9 @@ def test_a_gitops_server_deployed_by_a_worker_and_shown_by_the_api(
 
     assert done == ("succeeded", None, None)
     assert rows(service_db, "SELECT count(*) FROM servers") == [(0,)]
-    assert "git-1" not in state.load_deployed(conn)
+    assert "git-1" not in ownership.load_deployed(conn)
     assert client.get("/admin/servers/git-1", headers=AUTH).status_code == 404
-    assert [d["state"] for d in state.apply_deployments(conn, apply_id)] == [
+    assert [d["state"] for d in gitops_store.apply_deployments(conn, apply_id)] == [
         "succeeded",
         "succeeded",
     ]

@@ -370,7 +370,7 @@ def test_a_server_written_after_its_agent_failed_becomes_active_when_the_agent_c
 def test_a_server_failed_by_its_deployment_stays_failed_when_its_late_agent_connects(
     database: str,
 ) -> None:
-    with psycopg.connect(database) as conn:  # as deployments.fail records it
+    with psycopg.connect(database) as conn:  # as records.fail records it
         add(conn, "deploy-broke", agent="offline", age_minutes=1)
         conn.execute(
             "INSERT INTO deployments (server_name, kind, state, error) "
@@ -609,10 +609,10 @@ def test_once_the_up_has_finished_the_timeout_counts_from_the_agent_row(database
 def test_the_cli_refuses_a_timeout_that_is_not_finite_and_non_negative(
     value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from citrus_deploy.commands.service import main
+    from citrus_deploy.cli import main
 
     with pytest.raises(SystemExit) as exited:
-        main(["stale-check", f"--timeout={value}"])
+        main(["service", "stale-check", f"--timeout={value}"])
 
     assert exited.value.code == 2
     err = capsys.readouterr().err

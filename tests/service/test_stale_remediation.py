@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from citrus_deploy.store import deployments
+from citrus_deploy.store import records
 from tests.service.conftest import rows
 from tests.service.test_stale import add, check_and_remediate, hub_connects, states
 
@@ -36,14 +36,14 @@ def test_an_agent_online_between_selection_and_enqueue_is_not_destroyed(
     with psycopg.connect(service_db) as conn:
         add(conn, "slow-1", agent="offline", age_minutes=11)
     selected: list[str] = []
-    select = deployments.failed_servers_without_deployment
+    select = records.failed_servers_without_deployment
 
     async def then_the_agent_connects(*args: Any, **kwargs: Any) -> Sequence[str]:
         selected.extend(await select(*args, **kwargs))
         hub_connects(service_db, "slow-1")
         return selected
 
-    monkeypatch.setattr(deployments, "failed_servers_without_deployment", then_the_agent_connects)
+    monkeypatch.setattr(records, "failed_servers_without_deployment", then_the_agent_connects)
 
     queued = asyncio.run(check_and_remediate(service_db, tmp_path))
 
@@ -61,7 +61,7 @@ def test_an_agent_going_online_while_the_destroy_is_decided_is_not_destroyed(
         add(conn, "slow-1", agent="offline", age_minutes=11)
     hub = psycopg.connect(service_db)
     commit = threading.Timer(1.0, hub.commit)
-    select = deployments.failed_servers_without_deployment
+    select = records.failed_servers_without_deployment
 
     async def while_the_hub_is_updating(*args: Any, **kwargs: Any) -> Sequence[str]:
         found = await select(*args, **kwargs)
@@ -69,7 +69,7 @@ def test_an_agent_going_online_while_the_destroy_is_decided_is_not_destroyed(
         commit.start()
         return found
 
-    monkeypatch.setattr(deployments, "failed_servers_without_deployment", while_the_hub_is_updating)
+    monkeypatch.setattr(records, "failed_servers_without_deployment", while_the_hub_is_updating)
     try:
         started = time.monotonic()
         queued = asyncio.run(check_and_remediate(service_db, tmp_path))

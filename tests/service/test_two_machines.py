@@ -22,8 +22,8 @@ import psycopg
 import pytest
 import yaml
 
-from citrus_deploy.gitops import state
 from citrus_deploy.standin.fakes import droplets
+from citrus_deploy.store import gitops as gitops_store
 from tests.conftest import Cli
 from tests.paths import REPO
 from tests.service.conftest import Worker, rows, service_env, wait_for
@@ -61,7 +61,7 @@ def machine_env(database: str, tmp_path: Path, machine: str) -> dict[str, str]:
 
 def deploy(database: str, kind: str, config: dict[str, Any]) -> dict[str, Any]:
     with psycopg.connect(database) as conn:
-        dep_id = state.enqueue(
+        dep_id = gitops_store.enqueue(
             conn,
             apply_id=None,
             name="web-1",

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from citrus_deploy.standin.pg import PgServer, free_port
-from citrus_deploy.store.queue_schema import migrate
+from citrus_deploy.store.migrate import migrate_all as migrate
 from tests.paths import REPO
 from tests.service.conftest import AUTH, Worker, rows, service_env, wait_for
 

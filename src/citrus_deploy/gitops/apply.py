@@ -1,9 +1,9 @@
 """`citrus-deploy gitops apply`: makes the cloud match the fleet folder at HEAD, in waves.
 
-Each server goes through the service's own queue (gitops.state.enqueue: the same deployment row,
-queue job and per-server lock as an HTTP request), run by the same workers. A wave goes on only
-when each of its servers' deployment succeeded and the server is `active` (its agent came
-online), the product's own health signal. The pieces that decide (waves, blast radius, a
+Each server goes through the service's own queue (store.gitops.enqueue: the one enqueue, the
+same deployment row, queue job and per-server lock as an HTTP request), run by the same workers. A
+wave goes on only when each of its servers' deployment succeeded and the server is `active` (its
+agent came online), the product's own health signal. The pieces that decide (waves, blast radius, a
 server's verdict, when to stop, the table) are pure functions, tested alone in test_waves.py.
 """
 
@@ -24,6 +24,7 @@ from typing import IO, Any
 import psycopg
 
 from citrus_deploy.errors import CitrusError
+from citrus_deploy.store.states import ApplyOutcome, Kind
 
 UP_ACTIONS = ("create", "update", "replace")
 RISKY_ACTIONS = ("destroy", "replace")
@@ -35,8 +36,8 @@ BUSY = "busy: a deployment is in progress"
 POLL_SECONDS = 0.5
 DEFAULT_AGENT_TIMEOUT = 600.0
 # Outcomes of a server in the table.
-SUCCEEDED = "succeeded"
-FAILED = "failed"
+SUCCEEDED: ApplyOutcome = "succeeded"
+FAILED: ApplyOutcome = "failed"
 NOT_STARTED = "not started"  # the rollout stopped before its wave
 SKIPPED = "skipped"  # a removed file, without --prune
 
@@ -57,7 +58,7 @@ class Target:
     config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         return "destroy" if self.action == "destroy" else "up"
 
 
@@ -201,7 +202,7 @@ def render_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def overall_outcome(results: Iterable[Result], stopped: bool) -> str:
+def overall_outcome(results: Iterable[Result], stopped: bool) -> ApplyOutcome:
     """'succeeded' only when every server did (a removed file skipped without --prune is listed,
     not a failure); 'stopped' when a wave stopped the rollout."""
     if stopped:
@@ -324,10 +325,11 @@ def fresh_plan(
     conn: psycopg.Connection[Any], directory: Path, repository: str | None
 ) -> dict[str, Any]:
     """The plan for HEAD, as `plan` makes it (its JSON form); refuses uncommitted files."""
-    from citrus_deploy.gitops import gitrepo, state
+    from citrus_deploy.gitops import gitrepo
     from citrus_deploy.gitops.fleet import read_fleet
     from citrus_deploy.gitops.plan import make_plan
     from citrus_deploy.program.fingerprint import program_hash
+    from citrus_deploy.store import ownership
 
     top = gitrepo.toplevel(_folder(directory))
     dirty = gitrepo.uncommitted(directory)
@@ -338,7 +340,7 @@ def fresh_plan(
     fleet = read_fleet(directory, gitrepo.relative(directory, top))
     plan = make_plan(
         fleet,
-        state.load_deployed(conn),
+        ownership.load_deployed(conn),
         repository=gitrepo.repository_identity(repository, top),
         commit=gitrepo.head_commit(directory),
         program_hash=program_hash(gitrepo.program_root(top)),
@@ -396,14 +398,15 @@ class Rollout:
         return results, None
 
     def run_wave(self, wave: Wave, results: dict[str, Result]) -> None:
-        from citrus_deploy.gitops import state
+        from citrus_deploy.store import gitops as gitops_store
+        from citrus_deploy.store import ownership
         from citrus_deploy.store.deployments import DeploymentConflict
 
         pending: dict[int, Target] = {}
         for target in wave.targets:
             result = results[target.name]
             try:
-                result.deployment_id = state.enqueue(
+                result.deployment_id = gitops_store.enqueue(
                     self.conn,
                     apply_id=self.apply_id,
                     name=target.name,
@@ -422,13 +425,13 @@ class Rollout:
         succeeded_at: dict[int, float] = {}
         while pending:
             self.watch()
-            rows = {r["id"]: r for r in state.apply_deployments(self.conn, self.apply_id)}
+            rows = {r["id"]: r for r in gitops_store.apply_deployments(self.conn, self.apply_id)}
             now = time.monotonic()
             awaiting = [d for d in pending if (rows.get(d) or {}).get("state") == "succeeded"]
             servers: dict[str, Any] = {}
             if any(pending[d].kind == "up" for d in awaiting):
                 self.settle()
-                servers = state.load_deployed(self.conn)
+                servers = ownership.load_deployed(self.conn)
             for dep_id in list(pending):
                 target = pending[dep_id]
                 row = rows.get(dep_id) or {}
@@ -531,8 +534,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops import state
     from citrus_deploy.gitops.workers import ServiceWorkersWatch, require_workers
+    from citrus_deploy.store import gitops as gitops_store
 
     canary = int(_opt(args, "canary", 1))
     if canary < 1:
@@ -576,7 +579,7 @@ def _apply(args: argparse.Namespace) -> int:
         waves = plan_waves(ups, destroys, canary)
         if (ups or destroys) and not _opt(args, "workers", 0):
             require_workers(conn)
-        apply_id = state.start_apply(conn, plan["repository"], plan["commit"], plan)
+        apply_id = gitops_store.start_apply(conn, plan["repository"], plan["commit"], plan)
         stopped: str | None = None
         results: dict[str, Result] = {}
         workers = _workers(args)
@@ -594,7 +597,7 @@ def _apply(args: argparse.Namespace) -> int:
             )
             results, stopped = rollout.run(waves)
         except BaseException:
-            state.finish_apply(conn, apply_id, FAILED)
+            gitops_store.finish_apply(conn, apply_id, FAILED)
             if workers:
                 workers.stop()
                 workers.show_log()
@@ -608,7 +611,7 @@ def _apply(args: argparse.Namespace) -> int:
                     workers.show_log()
         table = [*results.values(), *skipped]
         outcome = overall_outcome(table, stopped is not None)
-        state.finish_apply(conn, apply_id, outcome)
+        gitops_store.finish_apply(conn, apply_id, outcome)
     print(render_table(table), file=out)
     print(f"apply {apply_id}: {outcome}" + (f" ({stopped})" if stopped else ""), file=out)
     if _opt(args, "json"):
@@ -651,9 +654,9 @@ def retry_targets(
     A server whose `up` succeeded but whose agent never came online plans as unchanged (its
     config was applied): it runs `up` again all the same, as action 'retry'.
     """
-    from citrus_deploy.gitops import state
+    from citrus_deploy.store import gitops as gitops_store
 
-    last = state.last_apply(conn, plan["repository"], plan["commit"])
+    last = gitops_store.last_apply(conn, plan["repository"], plan["commit"])
     if last is None:
         raise ApplyRefused(f"no earlier apply of {plan['commit']}: nothing to retry")
     failed = failed_in(conn, last)
@@ -675,11 +678,12 @@ def retry_targets(
 def failed_in(conn: psycopg.Connection[Any], apply_id: int) -> set[str]:
     """Servers that failed in that apply: deployment failed or needs an operator, or an `up`
     that succeeded whose server is not active (its agent never came online)."""
-    from citrus_deploy.gitops import state
+    from citrus_deploy.store import gitops as gitops_store
+    from citrus_deploy.store import ownership
 
-    deployed = state.load_deployed(conn)
+    deployed = ownership.load_deployed(conn)
     latest: dict[str, dict[str, Any]] = {}
-    for row in state.apply_deployments(conn, apply_id):
+    for row in gitops_store.apply_deployments(conn, apply_id):
         latest[row["server_name"]] = row  # in id order: the last one counts
     failed = set()
     for name, row in latest.items():

@@ -192,7 +192,7 @@ def run_plan(args: argparse.Namespace) -> int:
     program = program_hash(gitrepo.program_root(top))
     conninfo = _database_url()
 
-    from citrus_deploy.gitops.state import load_deployed
+    from citrus_deploy.store.ownership import load_deployed
 
     with _connect(conninfo) as conn:
         try:

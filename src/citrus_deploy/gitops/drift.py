@@ -138,15 +138,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops import state
     from citrus_deploy.gitops.apply import database_url, repository_of
     from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
+    from citrus_deploy.store import ownership
 
     repository = repository_of(Path(args.dir), getattr(args, "repository", None))
     count = int(getattr(args, "workers", None) or 0)
     poll = float(getattr(args, "poll", None) or POLL_SECONDS)
     with psycopg.connect(database_url(), autocommit=True) as conn:
-        servers = managed(state.load_deployed(conn), repository)
+        servers = managed(ownership.load_deployed(conn), repository)
         if not servers:
             print(f"no server is managed by {repository}: nothing to check")
             return 0

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from citrus_deploy.gitops.fleet import Fleet, StackFile
-from citrus_deploy.gitops.state import Deployed
 from citrus_deploy.program.component import REPLACE_KEYS
 from citrus_deploy.program.config import project_defaults
+from citrus_deploy.store.ownership import Deployed
 
 PLAN_VERSION = 1
 ACTIONS = ("create", "update", "replace", "destroy", "unchanged", "error")

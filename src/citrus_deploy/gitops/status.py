@@ -1,6 +1,6 @@
 """`citrus-deploy gitops status`: where each server of the fleet folder stands.
 
-Per server: its state (gitops.state.gitops_state: Ready / Reconciling / Failed / Stalled), the
+Per server: its state (gitops.ownership.gitops_state: Ready / Reconciling / Failed / Stalled), the
 last commit applied to it and the last one attempted. The servers are the folder's files plus
 every server this repository still manages (a removed file not yet pruned). A file whose server
 this repository does not manage (yet) shows `NotApplied`, or who manages it.
@@ -21,7 +21,7 @@ import psycopg
 from citrus_deploy.errors import CitrusError
 
 if TYPE_CHECKING:
-    from citrus_deploy.gitops.state import Deployed
+    from citrus_deploy.store.ownership import Deployed
 
 NOT_APPLIED = "NotApplied"
 
@@ -30,7 +30,7 @@ def rows(
     names: Iterable[str], deployed: Mapping[str, Deployed], repository: str
 ) -> list[dict[str, Any]]:
     """One entry per server: the folder's names plus every server the repository manages."""
-    from citrus_deploy.gitops.state import gitops_state
+    from citrus_deploy.store.ownership import gitops_state
 
     names = list(names)
     in_folder = {name.lower() for name in names}
@@ -116,14 +116,14 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops import state
     from citrus_deploy.gitops.apply import database_url, fleet_names, repository_of
+    from citrus_deploy.store import ownership
 
     directory = Path(args.dir)
     repository = repository_of(directory, getattr(args, "repository", None))
     names = fleet_names(directory)
     with psycopg.connect(database_url(), autocommit=True) as conn:
-        entries = rows(names, state.load_deployed(conn), repository)
+        entries = rows(names, ownership.load_deployed(conn), repository)
     target = getattr(args, "json", None)
     if target:
         text = json.dumps({"repository": repository, "servers": entries}, indent=2, sort_keys=True)

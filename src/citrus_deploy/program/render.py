@@ -90,7 +90,7 @@ def render(values: BootValues) -> str:
 
 
 def boot_report_endpoint(base_url: str, agent_id: str) -> str:
-    """Where the script POSTs its reports (service/boot_reports.py); "" when reporting is off."""
+    """Where the script POSTs its reports (web/boot_reports.py); "" when reporting is off."""
     if not base_url:
         return ""
     url = validation.boot_report_url(base_url)

@@ -43,7 +43,7 @@ def server_name(value: object, field: str = "serverName") -> str:
     """A DigitalOcean droplet name that is also a valid hostname.
 
     Kept as given; unique regardless of case, as hostnames are, which only the database can
-    hold (db/schema.sql, servers_name_lower_key and deployments_one_active).
+    hold (store/migrations, servers_name_lower_key and deployments_one_active).
     """
     text = required_text(value, field)
     if len(text) > SERVER_NAME_MAX:

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from citrus_deploy.engine.child import run_in_child
 from citrus_deploy.engine.deployer import DeployError, StackValue
+from citrus_deploy.engine.stack_config import deployer_options, stack_config
 from citrus_deploy.errors import CitrusError
 from citrus_deploy.queue import tasks
 from citrus_deploy.settings import Settings
@@ -40,7 +41,7 @@ class CheckNotFound(CitrusError):
 
 def enqueue_check(conn: psycopg.Connection, name: str, kind: str, config: dict[str, Any]) -> int:
     """Queues a check of server `name` with `config` (a record config, as deployments keep
-    it); returns its id. The row and its job are one statement: see db/queries.sql insert_check.
+    it); returns its id. The row and its job are one statement: see store/sql insert_check.
     """
     if kind not in KINDS:
         raise ValueError(f"check kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -122,16 +123,14 @@ class CheckRunner:
         kind, name = row["kind"], row["server_name"]
         config = {
             key: StackValue(value, secret)
-            for key, (value, secret) in self.settings.stack_config(dict(row["config"])).items()
+            for key, (value, secret) in stack_config(self.settings, dict(row["config"])).items()
         }
 
         async def output(line: str) -> None:  # a check keeps its result, not its output
             log.debug("check %s: %s", check_id, self.redact(line))
 
         try:
-            result = await run_in_child(
-                kind, name, config, self.settings.deployer_options(), output
-            )
+            result = await run_in_child(kind, name, config, deployer_options(self.settings), output)
         except DeployError as exc:
             error = self.redact(str(exc))
             if exc.transient and job.attempts + 1 < tasks.RETRY.max_attempts:

@@ -8,7 +8,7 @@ the check failed becomes 'active' when its agent connects after all (the hub set
 whatever it was; a third statement). Each runs in its own transaction; the boot verdicts of the
 agents it fails (boot_reports.record_stale, one statement for all) are written in the failing
 one's. Servers awaiting their agent are found through the side table servers_awaiting_agent
-(db/schema.sql says why).
+(store/migrations says why).
 Several checkers may run at once (one per worker, or the CLI beside them): a row another
 checker changed or removed first no longer matches when its lock is released, so each row
 changes, and is reported, exactly once.
@@ -26,8 +26,7 @@ from typing import Any
 import psycopg
 
 from citrus_deploy.errors import InvalidValue
-from citrus_deploy.store import queries
-from citrus_deploy.web import boot_reports
+from citrus_deploy.store import boot_reports, queries
 
 log = logging.getLogger("citrus.stale")
 _NAMES_IN_LOG = 20

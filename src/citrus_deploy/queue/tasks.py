@@ -116,7 +116,7 @@ async def destroy(context: JobContext, deployment_id: int) -> None:
     retry=BackoffRetry(RETRY),
 )
 async def check(context: JobContext, check_id: int) -> None:
-    """A read-only check (service/checks.py), deferred with lock = the server name and no
+    """A read-only check (queue/checks.py), deferred with lock = the server name and no
     queueing lock: it waits for that server's up/destroy and never refuses one."""
     assert context.job is not None
     await _runtime(context).checks.run(check_id, context.job)

@@ -26,10 +26,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from citrus_deploy import database
 from citrus_deploy.engine.child import run_in_child
 from citrus_deploy.engine.deployer import DeployError, StackValue
+from citrus_deploy.engine.stack_config import deployer_options, secret_values, stack_config
 from citrus_deploy.program.fingerprint import program_hash
 from citrus_deploy.queue import stale, tasks
 from citrus_deploy.settings import Settings
-from citrus_deploy.store import deployments
+from citrus_deploy.store import deployments, records
 from citrus_deploy.store.pool import open_pool
 
 log = logging.getLogger("citrus.worker")
@@ -87,7 +88,7 @@ class OutputRecorder:
             count = len(self._buffer)  # lines may be added while this batch is stored
             text = "\n".join(self._buffer) + "\n"
             try:
-                await deployments.append_output(self.pool, self.deployment_id, text)
+                await records.append_output(self.pool, self.deployment_id, text)
             except BaseException:
                 del self._buffer[: max(0, len(self._buffer) - _BUFFER_LIMIT)]
                 raise
@@ -158,10 +159,10 @@ class DeploymentRunner:
         self.settings = settings
         self.pool = pool
         self.name = name
-        self.redact = redactor(settings.secret_values())
+        self.redact = redactor(secret_values(settings))
 
     async def run(self, deployment_id: int, job: Job, *, kind: str) -> None:
-        dep = await deployments.start_attempt(self.pool, deployment_id, job.id)
+        dep = await records.start_attempt(self.pool, deployment_id, job.id)
         if dep is None:
             log.info("deployment %s is already finished: nothing to do", deployment_id)
             return
@@ -170,15 +171,15 @@ class DeploymentRunner:
         )
         config = {
             key: StackValue(value, secret)
-            for key, (value, secret) in self.settings.stack_config(dict(dep.config)).items()
+            for key, (value, secret) in stack_config(self.settings, dict(dep.config)).items()
         }
-        options = self.settings.deployer_options()
+        options = deployer_options(self.settings)
         recorder = OutputRecorder(self.pool, dep.id, self.redact)
 
         beating = asyncio.create_task(self._beat(dep.id))
 
         async def killed(exc: DeployError) -> None:  # the worker stopped us past the grace
-            await deployments.needs_operator(
+            await records.needs_operator(
                 self.pool, dep.id, self.redact(str(exc)), self.redact(exc.repair or "")
             )
 
@@ -209,12 +210,12 @@ class DeploymentRunner:
             # A bug here must not leave the record 'running' with nobody on it.
             log.exception("deployment %s: unexpected error in the worker", dep.id)
             error = f"internal error in the worker ({type(exc).__name__}); see the worker log"
-            await deployments.fail(self.pool, dep.id, error)
+            await records.fail(self.pool, dep.id, error)
             raise tasks.DeploymentFailed(error) from exc
         finally:
             beating.cancel()
         program = await _program_hash() if kind == "up" else None
-        await deployments.succeed(self.pool, dep.id, outputs, program_hash=program)
+        await records.succeed(self.pool, dep.id, outputs, program_hash=program)
         log.info("deployment %s (%s of %s) succeeded", dep.id, kind, dep.server_name)
 
     async def _beat(self, deployment_id: int) -> None:
@@ -222,12 +223,12 @@ class DeploymentRunner:
         while True:
             await asyncio.sleep(self.settings.worker_heartbeat_interval)
             with contextlib.suppress(psycopg.Error, PoolTimeout, OSError):
-                await deployments.beat(self.pool, deployment_id)
+                await records.beat(self.pool, deployment_id)
 
     async def _failed(self, dep: deployments.Deployment, job: Job, exc: DeployError) -> None:
         error = self.redact(str(exc))
         if exc.repair is not None:
-            await deployments.needs_operator(self.pool, dep.id, error, self.redact(exc.repair))
+            await records.needs_operator(self.pool, dep.id, error, self.redact(exc.repair))
             log.error(
                 "deployment %s (%s of %s) needs an operator: %s",
                 dep.id,
@@ -240,10 +241,10 @@ class DeploymentRunner:
         if exc.transient and job.attempts + 1 < policy.max_attempts:
             delay = policy.base_seconds * 2**job.attempts
             note = f"!! attempt {dep.attempts} failed (transient): {error}; retrying in {delay:g}s"
-            await deployments.requeue(self.pool, dep.id, error, note)
+            await records.requeue(self.pool, dep.id, error, note)
             log.warning("deployment %s: %s", dep.id, note)
             raise tasks.TransientFailure(error)
-        await deployments.fail(self.pool, dep.id, error)
+        await records.fail(self.pool, dep.id, error)
         log.error("deployment %s (%s of %s) failed: %s", dep.id, dep.kind, dep.server_name, error)
         raise tasks.DeploymentFailed(error)
 
@@ -291,22 +292,22 @@ class Maintenance:
             # step in flight, and is gone within that grace (killed past it, leaving what an
             # operator must see). A retry sooner could meet the child's lock or half-made step.
             quiet = self.settings.worker_stalled_timeout + self.settings.deploy_stop_grace_seconds
-            if await deployments.alive(self.pool, dep_id, quiet):
+            if await records.alive(self.pool, dep_id, quiet):
                 # Its procrastinate worker went quiet (a database outage stops its heartbeat,
                 # and a restart gives it a new id), but the attempt itself still beats, or
                 # has not been quiet long enough for its child to be gone.
                 continue
-            dep = await deployments.get_deployment(self.pool, dep_id, tail=0)
+            dep = await records.get_deployment(self.pool, dep_id, tail=0)
             what = (
                 f"attempt {dep.attempts} interrupted: worker {job.worker_id} stopped sending "
                 "heartbeats (killed, or cut off from the database)"
             )
             if job.attempts + 1 >= self.settings.deploy_max_attempts:
-                await deployments.fail(self.pool, dep_id, what + "; no attempts left")
+                await records.fail(self.pool, dep_id, what + "; no attempts left")
                 await self.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
                 log.error("deployment %s: %s; no attempts left", dep_id, what)
                 continue
-            if await deployments.interrupt(self.pool, dep_id, dep.attempts, what + "; retrying"):
+            if await records.interrupt(self.pool, dep_id, dep.attempts, what + "; retrying"):
                 log.warning("deployment %s: %s; retrying", dep_id, what)
             recovered += await self._retry(job)
         return recovered
@@ -324,15 +325,15 @@ async def remediate(pool: AsyncConnectionPool[Any], *, backoff: float) -> list[s
     """Enqueues the destroy of every failed server with nothing queued or running.
 
     A failed server is a servers row marked 'failed' whose agent is not 'online', or a failed
-    `up` that never wrote its row (db/queries.sql, select_failed_servers_without_deployment).
+    `up` that never wrote its row (store/sql, select_failed_servers_without_deployment).
     After n failed destroys in a row a server waits backoff * 2^(n-1) seconds (at most 6 hours)
     before the next one. The list is only a list: each destroy is queued by a statement that
     decides again, on locked rows, so an agent that connects meanwhile keeps its server.
     """
     queued = []
-    for name in await deployments.failed_servers_without_deployment(pool, backoff=backoff):
+    for name in await records.failed_servers_without_deployment(pool, backoff=backoff):
         try:
-            dep = await deployments.enqueue_destroy(pool, name, only_if_failed=True)
+            dep = await deployments.enqueue_remediation(pool, name)
         except deployments.DeploymentConflict as exc:
             log.info("remediation: %s", exc)
             continue

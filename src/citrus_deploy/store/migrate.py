@@ -1,45 +1,63 @@
-"""`citrus-deploy db migrate`: applies db/schema.sql idempotently to $DATABASE_URL.
+"""The schema, moved forward by numbered migrations (store/migrations/NNNN_*.sql), each applied
+once, in order, and recorded in `citrus_migrations`; then procrastinate's queue schema.
 
-The URL comes from the environment, never from the command line, so the password does not
-show in process listings.
+0001-0007 are the schema as it stood when numbered migrations began, written idempotently, so a
+database made by an earlier release (which re-ran one schema file at every migrate) is brought
+up to date by them and keeps its rows. Later migrations are plain forward steps. Concurrent
+callers (several workers starting at once) wait for each other on an advisory lock.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+from importlib.resources import files
+
+from procrastinate.schema import SchemaManager
 
 from citrus_deploy import database
-from citrus_deploy.errors import CitrusError
-from citrus_deploy.store import queries
 
-# Serialises concurrent migrations (several workers starting at once).
-_LOCK_ID = 0x63697472  # "citr"
+_LOCK_ID = 0x63697472  # "citr": serialises concurrent migrations of our schema
+_QUEUE_LOCK_ID = 0x71756575  # "queu": and of the queue's
+_TABLE = """
+CREATE TABLE IF NOT EXISTS citrus_migrations (
+    name       text        PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
 
 
-def migrate(conninfo: str) -> None:
+def migrations() -> list[tuple[str, str]]:
+    """(name, SQL) of every migration, in the order they apply."""
+    folder = files("citrus_deploy.store").joinpath("migrations")
+    found = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in found]
+
+
+def migrate(conninfo: str) -> list[str]:
+    """Applies the migrations this database has not had, in one transaction; returns their
+    names (empty when it was up to date)."""
     with database.connect(conninfo) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-        conn.execute(queries.schema())
+        conn.execute(_TABLE)
+        done = {row[0] for row in conn.execute("SELECT name FROM citrus_migrations")}
+        applied = []
+        for name, sql in migrations():
+            if name in done:
+                continue
+            conn.execute(sql.encode())  # no parameters: the whole file, as psql would run it
+            conn.execute("INSERT INTO citrus_migrations (name) VALUES (%s)", (name,))
+            applied.append(name)
+    return applied
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="citrus-deploy db", description=__doc__)
-    parser.add_argument("command", choices=["migrate"])
-    parser.parse_args(argv)
-    conninfo = os.environ.get("DATABASE_URL")
-    if not conninfo:
-        print("DATABASE_URL is not set: export it (postgresql://user@host/db)", file=sys.stderr)
-        return 2
-    try:
-        migrate(conninfo)
-    except CitrusError as exc:
-        print(f"migrate failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"schema applied to {database.describe(conninfo)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def migrate_all(conninfo: str) -> bool:
+    """Our migrations, then procrastinate's schema when its tables are missing; True if the
+    queue schema was created now. procrastinate's schema file is not idempotent (plain CREATE
+    TABLE); an existing queue schema is upgraded with procrastinate's own migrations
+    (`procrastinate schema --migrate` lists them), never by this."""
+    migrate(conninfo)
+    with database.connect(conninfo) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_QUEUE_LOCK_ID,))
+        row = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
+        if row and row[0]:
+            return False
+        conn.execute(SchemaManager.get_schema().encode())
+    return True

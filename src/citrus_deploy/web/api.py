@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import psycopg_pool
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -19,8 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from citrus_deploy.program.validation import REGION_PATTERN, SERVER_NAME_MAX, SIZE_MAX, SIZE_PATTERN
 from citrus_deploy.settings import Settings
-from citrus_deploy.store import deployments, queries
-from citrus_deploy.store.deployments import Deployment, GitOpsStatus, ManagedBy, Server
+from citrus_deploy.store import deployments, queries, records, servers
+from citrus_deploy.store.deployments import Deployment
+from citrus_deploy.store.ownership import GitOpsStatus, ManagedBy
+from citrus_deploy.store.servers import Server
+from citrus_deploy.store.states import (
+    AgentStatus,
+    DeploymentState,
+    GitOpsState,
+    Kind,
+    Manager,
+    ServerStatus,
+)
 from citrus_deploy.web import boot_reports
 from citrus_deploy.web.dependencies import (
     NAME_PATTERN,
@@ -103,15 +113,15 @@ class DeployAccepted(BaseModel):
 class AgentOut(BaseModel):
     id: str | None = Field(description="null until the agents row exists.")
     name: str | None = None
-    status: Literal["offline", "online", "failed"] | None = Field(
+    status: AgentStatus | None = Field(
         None, description="Set by the hub (online) and the stale check (failed)."
     )
 
 
 class DeploymentOut(BaseModel):
     id: int
-    kind: Literal["up", "destroy"]
-    state: Literal["queued", "running", "succeeded", "failed", "needs_operator"]
+    kind: Kind
+    state: DeploymentState
     error: str | None = Field(description="Why the last attempt failed (null if none did).")
     attempts: int
     jobId: int | None
@@ -124,7 +134,7 @@ class DeploymentOut(BaseModel):
 
 
 class ManagedByOut(BaseModel):
-    kind: Literal["http", "gitops", "manual"] = Field(
+    kind: Manager = Field(
         description="Who manages the server: the source of its last `up` (`http`: this API, "
         "`gitops`: `python -m gitops apply`), or `manual` for a servers row made by hand with "
         "`pulumi up`."
@@ -135,7 +145,7 @@ class ManagedByOut(BaseModel):
 
 
 class GitOpsOut(BaseModel):
-    state: Literal["Ready", "Reconciling", "Failed", "Stalled"] = Field(
+    state: GitOpsState = Field(
         description="Ready: applied and the agent is online. Reconciling: a deployment is "
         "queued or running, or the agent has yet to connect. Failed: the last deployment "
         "failed or the agent never came. Stalled: needs an operator."
@@ -151,7 +161,7 @@ class GitOpsOut(BaseModel):
 class ServerOut(BaseModel):
     id: str | None = Field(description="Droplet id; null until the droplet exists.")
     name: str
-    status: Literal["provisioning", "active", "failed", "destroying", "needs_operator"]
+    status: ServerStatus
     agent: AgentOut
     region: str | None
     size: str | None
@@ -184,12 +194,12 @@ class DeployFinished(BaseModel):
 class ServerSummaryOut(BaseModel):
     id: str | None
     name: str
-    status: Literal["provisioning", "active", "failed", "destroying", "needs_operator"]
+    status: ServerStatus
     ipv4Address: str | None
     agent: AgentOut
     deploymentId: int | None
-    deploymentKind: Literal["up", "destroy"] | None
-    deploymentState: Literal["queued", "running", "succeeded", "failed", "needs_operator"] | None
+    deploymentKind: Kind | None
+    deploymentState: DeploymentState | None
     deploymentError: str | None
     managedBy: ManagedByOut | None = None
     gitops: GitOpsOut | None = None
@@ -208,8 +218,8 @@ class DestroyAccepted(BaseModel):
 def deployment_out(dep: Deployment) -> DeploymentOut:
     return DeploymentOut(
         id=dep.id,
-        kind=dep.kind,  # type: ignore[arg-type]
-        state=dep.state,  # type: ignore[arg-type]
+        kind=dep.kind,
+        state=dep.state,
         error=dep.error,
         attempts=dep.attempts,
         jobId=dep.job_id,
@@ -226,11 +236,11 @@ def server_out(server: Server) -> ServerOut:
     return ServerOut(
         id=server.droplet_id,
         name=server.name,
-        status=server.status,  # type: ignore[arg-type]
+        status=server.status,
         agent=AgentOut(
             id=server.agent_id,
             name=server.agent_name,
-            status=server.agent_status,  # type: ignore[arg-type]
+            status=server.agent_status,
         ),
         region=server.region,
         size=server.size,
@@ -247,7 +257,7 @@ def managed_by_out(managed_by: ManagedBy | None) -> ManagedByOut | None:
     if managed_by is None:
         return None
     return ManagedByOut(
-        kind=managed_by.kind,  # type: ignore[arg-type]
+        kind=managed_by.kind,
         repository=managed_by.repository,
     )
 
@@ -256,7 +266,7 @@ def gitops_out(status: GitOpsStatus | None) -> GitOpsOut | None:
     if status is None:
         return None
     return GitOpsOut(
-        state=status.state,  # type: ignore[arg-type]
+        state=status.state,
         lastAppliedCommit=status.last_applied_commit,
         lastAttemptedCommit=status.last_attempted_commit,
     )
@@ -353,9 +363,9 @@ async def deploy_with_agent(
         # (the database restarting, ...) the answer is the 202 below. An error answer would
         # read "nothing was changed", and its retry would queue a second server.
         try:
-            dep = await deployments.wait_until_finished(pool, dep.id, limit)
+            dep = await records.wait_until_finished(pool, dep.id, limit)
             if dep.finished:
-                server = await deployments.get_server(
+                server = await servers.get_server(
                     pool, dep.server_name, tail=settings.output_tail_chars
                 )
                 ok = dep.state == "succeeded"
@@ -393,22 +403,22 @@ async def list_servers(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> ServerList:
-    found = await deployments.list_servers(pool, limit=limit, offset=offset)
+    found = await servers.list_servers(pool, limit=limit, offset=offset)
     return ServerList(
         servers=[
             ServerSummaryOut(
                 id=s.droplet_id,
                 name=s.name,
-                status=s.status,  # type: ignore[arg-type]
+                status=s.status,
                 ipv4Address=s.ipv4_address,
                 agent=AgentOut(
                     id=s.agent_id,
                     name=s.agent_name,
-                    status=s.agent_status,  # type: ignore[arg-type]
+                    status=s.agent_status,
                 ),
                 deploymentId=s.deployment_id,
-                deploymentKind=s.deployment_kind,  # type: ignore[arg-type]
-                deploymentState=s.deployment_state,  # type: ignore[arg-type]
+                deploymentKind=s.deployment_kind,
+                deploymentState=s.deployment_state,
                 deploymentError=s.deployment_error,
                 managedBy=managed_by_out(s.managed_by),
                 gitops=gitops_out(s.gitops),
@@ -425,7 +435,7 @@ async def list_servers(
     summary="One server: rows, status, IP, current and last deployment with output tail",
 )
 async def get_server(pool: Pool, settings: AppSettings, name: ServerName) -> ServerOut:
-    server = await deployments.get_server(pool, name, tail=settings.output_tail_chars)
+    server = await servers.get_server(pool, name, tail=settings.output_tail_chars)
     steps = await boot_reports.steps_of(pool, server.agent_id)
     stopped = boot_reports.stopped_at(steps) if server.agent_status == "failed" else None
     return server_out(server).model_copy(update={"bootSteps": steps, "bootStoppedAt": stopped})
@@ -443,7 +453,7 @@ async def get_server(pool: Pool, settings: AppSettings, name: ServerName) -> Ser
 )
 async def delete_server(pool: Pool, room: Room, name: ServerName) -> JSONResponse:
     await room.check(pool)
-    dep = await deployments.enqueue_destroy(pool, name)
+    dep = await servers.enqueue_destroy(pool, name)
     body = DestroyAccepted(success=True, message=DESTROY_MESSAGE, deployment=deployment_out(dep))
     return JSONResponse(
         body.model_dump(mode="json"),
@@ -463,5 +473,5 @@ async def get_deployment(
     settings: AppSettings,
     deployment_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
 ) -> DeploymentOut:
-    dep = await deployments.get_deployment(pool, deployment_id, tail=settings.output_tail_chars)
+    dep = await records.get_deployment(pool, deployment_id, tail=settings.output_tail_chars)
     return deployment_out(dep)

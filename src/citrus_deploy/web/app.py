@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from procrastinate import PsycopgConnector
 
+from citrus_deploy.engine.stack_config import check_stack_config
 from citrus_deploy.queue import tasks
 from citrus_deploy.settings import Settings
 from citrus_deploy.store.pool import open_pool
@@ -64,7 +65,7 @@ def _install_docs(app: FastAPI) -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI app. Checks at once that the settings make valid stacks (SettingsError)."""
-    settings.check_stack_config()
+    check_stack_config(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,7 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings  # dependencies.get_settings
     app.state.admin_token = settings.admin_token.get_secret_value().encode()
-    # Wrong admin tokens per client, for every route that takes one (service/failures.py).
+    # Wrong admin tokens per client, for every route that takes one (web/failures.py).
     app.state.failures = FailureLimit()
     api.install_queue_room(app, settings)
     app.add_middleware(

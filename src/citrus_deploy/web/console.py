@@ -43,7 +43,8 @@ from citrus_deploy.errors import DatabaseUnreachable, InvalidValue
 from citrus_deploy.program import validation
 from citrus_deploy.program.validation import SERVER_NAME_MAX
 from citrus_deploy.settings import Settings
-from citrus_deploy.store import deployments
+from citrus_deploy.store import boot_reports as store_boot_reports
+from citrus_deploy.store import deployments, servers, states
 from citrus_deploy.store.deployments import DeploymentConflict, NotFound
 from citrus_deploy.web import boot_reports
 from citrus_deploy.web.api import QueueRoom
@@ -284,7 +285,7 @@ class FleetRow:
 
 async def load_fleet(pool: psycopg_pool.AsyncConnectionPool[Any]) -> tuple[FleetRow, ...]:
     """Every server as the JSON API lists it, with region, size and its last deployment's time."""
-    found = await deployments.list_servers(pool, limit=FLEET_LIMIT)
+    found = await servers.list_servers(pool, limit=FLEET_LIMIT)
     names = [s.name for s in found]
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
@@ -439,8 +440,8 @@ def templates() -> jinja2.Environment:
         statuses=STATUSES,
         server_name_max=SERVER_NAME_MAX,
         csrf_field=CSRF_FIELD,
-        step_names=boot_reports.STEP_NAMES,
-        failure_reason=boot_reports.failure_reason,
+        step_names=store_boot_reports.STEP_NAMES,
+        failure_reason=store_boot_reports.failure_reason,
     )
     return env
 
@@ -809,7 +810,7 @@ class Console:
     ) -> Response:
         pool = self.pool(request)
         try:
-            server = await deployments.get_server(pool, name, tail=self.settings.output_tail_chars)
+            server = await servers.get_server(pool, name, tail=self.settings.output_tail_chars)
         except NotFound as exc:
             raise Refused(404, f"{exc}.") from None
         steps = await boot_reports.steps_of(pool, server.agent_id)
@@ -853,7 +854,7 @@ class Console:
         try:
             await self.queue_has_room(request, pool)
             # In the region and of the size the failed `up` was asked for.
-            last = await deployments.last_up_config(pool, name) or {}
+            last = await servers.last_up_config(pool, name) or {}
             await deployments.enqueue_up(
                 pool, name, region=last.get("region"), size=last.get("size")
             )
@@ -878,7 +879,7 @@ class Console:
         pool = self.pool(request)
         try:
             await self.queue_has_room(request, pool)
-            await deployments.enqueue_destroy(pool, name)
+            await servers.enqueue_destroy(pool, name)
         except NotFound as exc:
             raise Refused(404, f"{exc}.") from None
         except DeploymentConflict as exc:
@@ -945,7 +946,7 @@ class Console:
                         yield sse("output", json.dumps({"text": row["more"]}), str(offset))
                         idle_since = time.monotonic()
                     last_change = row["updated_at"]
-                    if row["state"] in deployments.FINISHED and offset >= row["length"]:
+                    if row["state"] in states.FINISHED and offset >= row["length"]:
                         yield sse("done", json.dumps({"state": row["state"]}))
                         return
                 if time.monotonic() - idle_since >= HEARTBEAT_SECONDS:

@@ -34,7 +34,7 @@ async def authenticated(
     """401 unless the bearer token equals ADMIN_TOKEN (constant-time comparison).
 
     A client that sent too many wrong ones gets 429 (TooManyFailures) before its token is
-    looked at: service/failures.py, the limit the console's sign-in shares. A request without
+    looked at: web/failures.py, the limit the console's sign-in shares. A request without
     an Authorization header guesses nothing and is not counted.
     """
     failures: FailureLimit = request.app.state.failures

@@ -3,7 +3,7 @@
 The web process serves it, but workers, stale checkers and the hub make the changes: so every
 number comes from PostgreSQL at scrape time, in one statement (`metrics_snapshot`), and the
 counters (finished deployments with their durations, stale-check transitions, boot failures)
-are kept by triggers (db/schema.sql, metrics block), whichever process made the change. Behind
+are kept by triggers (store/migrations, metrics block), whichever process made the change. Behind
 the admin token like the /admin routes; not in the OpenAPI schema (it is not JSON).
 """
 
@@ -27,8 +27,7 @@ from prometheus_client.registry import Collector
 
 from citrus_deploy.errors import DatabaseUnreachable
 from citrus_deploy.queue import tasks
-from citrus_deploy.store import queries
-from citrus_deploy.web import boot_reports
+from citrus_deploy.store import boot_reports, queries
 from citrus_deploy.web.dependencies import AppSettings, Pool, authenticated
 
 KINDS = ("up", "destroy")

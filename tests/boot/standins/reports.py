@@ -1,4 +1,4 @@
-"""The service's boot report endpoint for the boot tests: the real router (service/boot_reports.py)
+"""The service's boot report endpoint for the boot tests: the real router (web/boot_reports.py)
 and the real body limit in a minimal app, served by uvicorn on 127.0.0.1:<free port> in a thread.
 
 The container shares the host's network, so the boot script reports to `url` as a droplet would
