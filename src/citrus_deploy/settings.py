@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from citrus_deploy.database import check_conninfo
 from citrus_deploy.errors import CitrusError
 
 PROJECT = "citrus-deploy"
@@ -224,8 +225,6 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr) -> SecretStr:
-        from citrus_deploy.database import check_conninfo
-
         check_conninfo(value.get_secret_value(), "DATABASE_URL")
         return value
 

@@ -41,6 +41,8 @@ from citrus_deploy.engine.deployer import (
 from citrus_deploy.engine.events import EngineEvents, StepCollector
 from citrus_deploy.engine.repair import pending_operations_error, repair_steps
 from citrus_deploy.program import PROJECT_DIR
+from citrus_deploy.program.config import DO_TOKEN_ENV, ENV_FALLBACKS
+from citrus_deploy.settings import PROJECT
 
 log = logging.getLogger("citrus.automation")
 
@@ -49,9 +51,6 @@ _EXIT_CODE = re.compile(r"^\s*code: (-?\d+)", re.MULTILINE)
 
 def _secret_env_names() -> dict[str, str]:
     """Secret config key -> the environment variable the program reads it from instead."""
-    from citrus_deploy.program.config import DO_TOKEN_ENV, ENV_FALLBACKS
-    from citrus_deploy.settings import PROJECT
-
     names = {f"{PROJECT}:{key}": env for key, env in ENV_FALLBACKS.items()}
     names["digitalocean:token"] = DO_TOKEN_ENV[0]
     return names

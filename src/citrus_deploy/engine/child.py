@@ -20,13 +20,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from citrus_deploy.engine.choose import make_deployer
 from citrus_deploy.engine.deployer import (
     DeployError,
     StackConfig,
     StackValue,
     last_lines,
-    make_deployer,
 )
+from citrus_deploy.engine.repair import repair_steps
 
 RESULT_MARK = "\x1e"  # ASCII record separator: starts the child's final JSON line
 
@@ -142,8 +143,6 @@ READ_ONLY_KINDS = frozenset({"preview", "refresh"})
 
 
 def _killed_error(stack: str, how: str, kind: str = "up") -> DeployError:
-    from citrus_deploy.engine.repair import repair_steps
-
     if kind in READ_ONLY_KINDS:  # a preview writes no state and takes no lock: nothing to repair
         return DeployError(f"the {kind} check's process {how}")
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from citrus_deploy.errors import CitrusError
 
@@ -211,33 +209,3 @@ def refresh_result(steps: Sequence[CheckStep]) -> dict[str, Any]:
         shown_diffs = diffs if s.op == "update" else []
         out.append({"urn": s.urn, "type": s.type, "op": s.op, "diffs": shown_diffs})
     return {"summary": summary, "steps": out}
-
-
-def _passphrase(options: Mapping[str, Any]) -> str | None:
-    if options.get("passphrase"):
-        return str(options["passphrase"])
-    if options.get("passphrase_file"):
-        return Path(options["passphrase_file"]).read_text().rstrip("\n")
-    return None
-
-
-def make_deployer(options: Mapping[str, Any]) -> Deployer:
-    backend = str(options["backend_url"])
-    if options["deployer"] == "test-engine":
-        from citrus_deploy.engine.standin import StandInDeployer
-
-        parts = urlsplit(backend)
-        base = Path(parts.path) if parts.scheme == "file" else Path(options["work_dir"]).parent
-        return StandInDeployer(
-            base / "test-engine",
-            step_delay=float(options["step_delay"]),
-            passphrase=_passphrase(options),
-        )
-    from citrus_deploy.engine.automation import AutomationDeployer
-
-    return AutomationDeployer(
-        backend_url=backend,
-        work_dir=Path(options["work_dir"]),
-        passphrase=options.get("passphrase"),
-        passphrase_file=options.get("passphrase_file"),
-    )

@@ -24,6 +24,8 @@ from citrus_deploy.engine.deployer import (
     refresh_result,
 )
 from citrus_deploy.engine.repair import pending_operations_error, repair_steps
+from citrus_deploy.standin.engine import Cancelled, Engine, EngineError, StackLocked
+from citrus_deploy.standin.engine import StackConfig as EngineConfig
 
 
 class StandInDeployer:
@@ -39,8 +41,6 @@ class StandInDeployer:
         self.engine: Any = None  # the running operation's engine: request_cancel() on SIGTERM
 
     def _engine(self, on_output: OnOutput) -> Any:
-        from citrus_deploy.standin.engine import Engine
-
         self.engine = Engine(
             self.state_dir,
             on_output=on_output,
@@ -51,8 +51,6 @@ class StandInDeployer:
 
     @staticmethod
     def _config(config: StackConfig) -> Any:
-        from citrus_deploy.standin.engine import StackConfig as EngineConfig
-
         return EngineConfig(
             {k: v.text for k, v in config.items()},
             frozenset(k for k, v in config.items() if v.secret),
@@ -112,8 +110,6 @@ class StandInDeployer:
 
     @staticmethod
     def _run(stack: str, operation: Any) -> Any:
-        from citrus_deploy.standin.engine import Cancelled, EngineError, StackLocked
-
         try:
             return operation()
         except StackLocked as exc:

@@ -325,10 +325,10 @@ def fresh_plan(
     conn: psycopg.Connection[Any], directory: Path, repository: str | None
 ) -> dict[str, Any]:
     """The plan for HEAD, as `plan` makes it (its JSON form); refuses uncommitted files."""
+    from citrus_deploy.engine.fingerprint import program_hash
     from citrus_deploy.gitops import gitrepo
     from citrus_deploy.gitops.fleet import read_fleet
     from citrus_deploy.gitops.plan import make_plan
-    from citrus_deploy.program.fingerprint import program_hash
     from citrus_deploy.store import ownership
 
     top = gitrepo.toplevel(_folder(directory))

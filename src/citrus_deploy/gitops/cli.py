@@ -172,10 +172,10 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     import psycopg
 
+    from citrus_deploy.engine.fingerprint import program_hash
     from citrus_deploy.gitops import gitrepo, report
     from citrus_deploy.gitops.fleet import read_fleet
     from citrus_deploy.gitops.plan import CHANGED, make_plan
-    from citrus_deploy.program.fingerprint import program_hash
 
     if args.json == "-" and args.markdown == "-":
         raise UsageError("--json - and --markdown - cannot both write to stdout")

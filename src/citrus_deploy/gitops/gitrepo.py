@@ -10,9 +10,9 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from citrus_deploy.engine import fingerprint as program
 from citrus_deploy.errors import CitrusError
 from citrus_deploy.gitops.printable import printable
-from citrus_deploy.program import fingerprint as program
 
 REPOSITORY_ENV = ("CITRUS_GITOPS_REPOSITORY", "GITHUB_REPOSITORY")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from citrus_deploy.database import check_conninfo
 from citrus_deploy.errors import CitrusError, InvalidValue
 from citrus_deploy.program import PROJECT_DIR, validation
 
@@ -174,8 +175,6 @@ def _check_stack_name(stack: str, errors: list[InvalidValue]) -> str | None:
 
 
 def _database_url(value: Any, key: str) -> str:
-    from citrus_deploy.database import check_conninfo
-
     if not isinstance(value, str) or not value:
         raise InvalidValue(
             key,

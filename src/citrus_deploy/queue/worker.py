@@ -26,8 +26,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from citrus_deploy import database
 from citrus_deploy.engine.child import run_in_child
 from citrus_deploy.engine.deployer import DeployError, StackValue
+from citrus_deploy.engine.fingerprint import program_hash
 from citrus_deploy.engine.stack_config import deployer_options, secret_values, stack_config
-from citrus_deploy.program.fingerprint import program_hash
 from citrus_deploy.queue import stale, tasks
 from citrus_deploy.settings import Settings
 from citrus_deploy.store import deployments, records
