@@ -29,8 +29,8 @@ from typing import Any
 import psycopg
 import yaml
 
+from citrus_deploy.engine.fingerprint import program_hash
 from citrus_deploy.gitops.cli import main as gitops_main
-from citrus_deploy.program.fingerprint import program_hash
 from citrus_deploy.standin.pg import PgServer
 from citrus_deploy.store.migrate import migrate
 

@@ -475,7 +475,7 @@ def test_plan_reads_what_gitops_applied(
     database: str,
 ) -> None:
     """The service's record (deployments rows) is what the files are compared with."""
-    from citrus_deploy.program.fingerprint import PACKAGE, program_hash
+    from citrus_deploy.engine.fingerprint import PACKAGE, program_hash
 
     fleet_repo.write("web-1", size="s-1vcpu-1gb")
     fleet_repo.write("web-2", size="s-1vcpu-1gb")

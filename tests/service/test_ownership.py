@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from citrus_deploy.engine.fingerprint import program_hash
 from citrus_deploy.engine.stack_config import stack_config
-from citrus_deploy.program.fingerprint import program_hash
 from citrus_deploy.settings import PROJECT
 from citrus_deploy.standin.engine import Engine
 from citrus_deploy.store import gitops as gitops_store
