@@ -48,4 +48,7 @@ def run(_: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
             codes.append(child.wait())
-    return max(abs(c) for c in codes) if any(codes) else 0
+    # uvicorn ends a graceful shutdown by raising the signal it caught again, so a child we
+    # stopped with SIGTERM that ends by it stopped as asked.
+    failed = [abs(code) for code in codes if code not in (0, -signal.SIGTERM)]
+    return max(failed) if failed else 0
