@@ -16,7 +16,7 @@ if [[ ${FORK:-false} == true ]]; then
   message="GitHub gives workflows of pull requests from forks no secrets (${missing[*]}), so the plan against the deployed fleet cannot be made here. The files were validated. To see the plan, a maintainer pushes this commit to a branch of this repository and opens the pull request from there."
 else
   title="Missing secrets: ${missing[*]}"
-  message="Set ${missing[*]} under Settings > Secrets and variables > Actions (for Dependabot's pull requests: the Dependabot secrets). README: The pipeline."
+  message="Set ${missing[*]} under Settings > Secrets and variables > Actions (for Dependabot's pull requests: the Dependabot secrets). docs/gitops.md: The pipeline."
 fi
 echo "::error title=${title}::${message}"
 if [[ -n ${GITHUB_STEP_SUMMARY:-} ]]; then
