@@ -91,8 +91,10 @@ def test_a_second_stack_in_another_case_gets_no_servers_row(database: str, tmp_p
 
 
 def _old_rules(conninfo: str) -> None:
-    """The schema as it was: names unique only in their exact case."""
+    """The schema as it was: names unique only in their exact case, and (older than numbered
+    migrations) no record of migrations, so every baseline one runs."""
     with psycopg.connect(conninfo) as conn:
+        conn.execute("DROP TABLE citrus_migrations")
         conn.execute("DROP INDEX servers_name_lower_key")
         conn.execute("DROP INDEX deployments_one_active")
         conn.execute(
