@@ -1,4 +1,5 @@
-"""`python -m gitops plan` over 10,000 stack files next to only parsing them with PyYAML's C loader.
+"""`citrus-deploy gitops plan` over 10,000 stack files next to only parsing them with PyYAML's C
+loader.
 
     .venv/bin/python -m bench.gitops_plan [--servers 10000] [--repeat 3]
 

@@ -3,9 +3,10 @@ N concurrent clients, next to a bare FastAPI endpoint doing one INSERT on the sa
 
     .venv/bin/python -m bench.post_throughput [--clients 50] [--seconds 30]
 
-Both servers are one uvicorn process each, against the same throwaway PostgreSQL (tests/pg.py);
-no worker runs, so this measures acceptance (validation, auth, the deployment row and the queue
-job in one transaction), not deployments. Client and servers share this machine's CPUs.
+Both servers are one uvicorn process each, against the same throwaway PostgreSQL
+(citrus_deploy.standin.pg); no worker runs, so this measures acceptance (validation, auth, the
+deployment row and the queue job in one transaction), not deployments. Client and servers share
+this machine's CPUs.
 
 The two endpoints take turns for --rounds rounds (the order alternating), and the table shows
 each one's medians: this machine's speed drifts between 30-second windows, and single pairs of

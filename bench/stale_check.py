@@ -10,7 +10,7 @@ and the median of each case's runs is reported with their range:
 - bare statement: the agents UPDATE alone, as one would type it in psql;
 - bare statements: the check's two statements as plain text (stale agents with their
   servers; provisioning servers whose agent is online or failed);
-- stale check: service.stale.check (what the worker's periodic job and the CLI run).
+- stale check: queue.stale.check (what the worker's periodic job and the CLI run).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def timed_sql(statements: list[str]) -> Callable[[str], float]:
 
 
 def timed_check(stale_count: int) -> Callable[[str], float]:
-    """Times service.stale.check, which must change exactly the rows the fleet was built for."""
+    """Times queue.stale.check, which must change exactly the rows the fleet was built for."""
     expected = (stale_count, stale_count, CAME_ONLINE)
 
     async def run(conninfo: str) -> float:
@@ -162,7 +162,7 @@ def main() -> None:
         cases = {
             "bare statement (agents UPDATE only)": timed_sql([BARE_AGENTS]),
             "bare statements (the check's two, as text)": timed_sql(list(BARE_CHECK.values())),
-            "stale check (service.stale.check)": timed_check(args.stale),
+            "stale check (queue.stale.check)": timed_check(args.stale),
         }
         times: dict[str, list[float]] = {label: [] for label in cases}
         n = 0

@@ -1,4 +1,4 @@
-"""Makes the README's console screenshots (docs/screenshots/*.png) with the browser tests' setup:
+"""Makes the console's screenshots (docs/screenshots/*.png) with the browser tests' setup:
 a throwaway PostgreSQL, a real web process and worker under the engine stand-in, a few servers
 deployed through the API, and one boot failure reported through the signed boot-report endpoint.
 

@@ -166,7 +166,7 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
 
 
 def gitops(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """`python -m gitops ...` in this process; (exit code, stdout, stderr)."""
+    """`citrus-deploy gitops ...` in this process; (exit code, stdout, stderr)."""
     code = gitops_main(list(argv))
     out, err = capsys.readouterr()
     OUTPUT.append(f"$ gitops {' '.join(argv)}\n{out}{err}")

@@ -458,7 +458,7 @@ class Rollout:
 
 
 class Settler:
-    """Runs the service's stale check (service.stale) so that a server whose agent came online
+    """Runs the service's stale check (queue.stale) so that a server whose agent came online
     becomes `active` now, not at the workers' next minutely check. Several checkers may run at
     once; AGENT_CONNECT_TIMEOUT is the service's own rule for 'failed'."""
 

@@ -1,6 +1,6 @@
 """Renders the root boot script (cloud-init `user_data`) from validated values.
 
-Every value is checked by citrus.validation and reaches the script through the `shquote` filter;
+Every value is checked by program.validation and reaches the script through the `shquote` filter;
 an unknown template variable is an error (StrictUndefined), never an empty string.
 """
 

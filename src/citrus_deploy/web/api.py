@@ -64,7 +64,7 @@ class DeployRequest(BaseModel):
             "(the old platform's rule)."
         ),
         examples=["web-1"],
-        # Documented for clients; enforced by citrus.validation.server_name, whose message
+        # Documented for clients; enforced by program.validation.server_name, whose message
         # names the rule (the same check the Pulumi program runs).
         json_schema_extra={"pattern": NAME_PATTERN, "maxLength": SERVER_NAME_MAX},
     )
@@ -72,7 +72,7 @@ class DeployRequest(BaseModel):
         None,
         description="DigitalOcean region slug. Omitted or null: Pulumi.yaml's default (sfo3).",
         examples=["nyc3"],
-        # Enforced by citrus.validation.region, the rule the Pulumi program runs.
+        # Enforced by program.validation.region, the rule the Pulumi program runs.
         json_schema_extra={"pattern": REGION_PATTERN},
     )
     size: str | None = Field(
@@ -80,7 +80,7 @@ class DeployRequest(BaseModel):
         description="DigitalOcean size slug. Omitted or null: Pulumi.yaml's default "
         "(s-1vcpu-512mb-10gb).",
         examples=["s-2vcpu-4gb"],
-        # Enforced by citrus.validation.size.
+        # Enforced by program.validation.size.
         json_schema_extra={"pattern": SIZE_PATTERN, "maxLength": SIZE_MAX},
     )
 
@@ -136,7 +136,7 @@ class DeploymentOut(BaseModel):
 class ManagedByOut(BaseModel):
     kind: Manager = Field(
         description="Who manages the server: the source of its last `up` (`http`: this API, "
-        "`gitops`: `python -m gitops apply`), or `manual` for a servers row made by hand with "
+        "`gitops`: `citrus-deploy gitops apply`), or `manual` for a servers row made by hand with "
         "`pulumi up`."
     )
     repository: str | None = Field(
