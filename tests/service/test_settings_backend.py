@@ -76,3 +76,17 @@ def test_a_worker_outside_a_virtual_environment_refuses_to_start(
 
     with pytest.raises(SettingsError, match="not a virtual environment"):
         settings.check_deployer()
+
+
+def test_citrus_env_file_names_a_file_of_settings_the_environment_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / "citrus.env"
+    env_file.write_text("CITRUS_PORT=8123\nCITRUS_DROPLET_TAGS=web,eu\nWORKER_CONCURRENCY=2\n")
+    monkeypatch.setenv("CITRUS_ENV_FILE", str(env_file))
+    monkeypatch.setenv("WORKER_CONCURRENCY", "7")
+
+    settings = load_settings(**BASE)
+
+    assert (settings.port, settings.droplet_tags) == (8123, ["web", "eu"])
+    assert settings.worker_concurrency == 7
