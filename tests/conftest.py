@@ -79,6 +79,11 @@ def service_db(pg_server: PgServer, service_template: str) -> Iterator[str]:
     _drop_database(pg_server, name)
 
 
+# What makes a test's database one of a release before numbered migrations, whose next migrate
+# runs every baseline migration (0001-0007) again: no record of the ones applied.
+AN_EARLIER_RELEASE = "DROP TABLE citrus_migrations"
+
+
 def insert_server(conninfo: str, name: str, status: str = "provisioning") -> str:
     """A servers row and its agents row, as a finished `up` leaves them; returns the agent id."""
     agent = str(uuid.uuid4())

@@ -18,7 +18,7 @@ from citrus_deploy.errors import RowConflict
 from citrus_deploy.program.rows import AgentRowProvider, ServerRowProvider
 from citrus_deploy.standin.engine import Engine, EngineError, stack_config
 from citrus_deploy.store.migrate import migrate
-from tests.conftest import insert_server
+from tests.conftest import AN_EARLIER_RELEASE, insert_server
 from tests.integration.test_provider import agent_props, configured, server_props
 from tests.paths import REPO
 
@@ -94,7 +94,7 @@ def _old_rules(conninfo: str) -> None:
     """The schema as it was: names unique only in their exact case, and (older than numbered
     migrations) no record of migrations, so every baseline one runs."""
     with psycopg.connect(conninfo) as conn:
-        conn.execute("DROP TABLE citrus_migrations")
+        conn.execute(AN_EARLIER_RELEASE)
         conn.execute("DROP INDEX servers_name_lower_key")
         conn.execute("DROP INDEX deployments_one_active")
         conn.execute(

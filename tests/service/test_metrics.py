@@ -20,7 +20,7 @@ from citrus_deploy.queue import stale
 from citrus_deploy.store.migrate import migrate_all as migrate
 from citrus_deploy.web.app import create_app
 from citrus_deploy.web.boot_reports import sign
-from tests.conftest import insert_server
+from tests.conftest import AN_EARLIER_RELEASE, insert_server
 from tests.service.conftest import AUTH, Worker, make_settings, rows, wait_for
 
 DEPLOY = "/admin/servers/deploy-with-agent"
@@ -182,6 +182,7 @@ def test_deployments_finished_before_the_counters_existed_are_counted(
 ) -> None:
     """The migration that adds the trigger counts the history once (and only once)."""
     with psycopg.connect(service_db) as conn:
+        conn.execute(AN_EARLIER_RELEASE)
         conn.execute("DROP TRIGGER metrics_count_finished_deployment ON deployments")
         conn.execute("TRUNCATE metrics_deployments_finished")
         conn.execute(

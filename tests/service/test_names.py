@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from citrus_deploy.standin.pg import free_port
 from citrus_deploy.store.migrate import migrate_all as migrate
-from tests.conftest import insert_server
+from tests.conftest import AN_EARLIER_RELEASE, insert_server
 from tests.paths import REPO
 from tests.service.conftest import AUTH, rows, service_env
 
@@ -212,6 +212,7 @@ def test_a_database_of_the_previous_release_serves_both_releases_once_migrated(
             "SELECT config FROM deployments_insert_generated_up('fresh-1', 'agent-f', 1)"
         ).fetchall()
         assert fresh == [({"serverName": "fresh-1", "agentName": "agent-f"},)]
+        conn.execute(AN_EARLIER_RELEASE)
         conn.execute("DROP FUNCTION deployments_insert_generated_up(text, text, integer, jsonb)")
         conn.execute(PREVIOUS_GENERATED_UP)
     migrate(service_db)

@@ -19,6 +19,7 @@ from citrus_deploy.queue.worker import remediate
 from citrus_deploy.store import queries
 from citrus_deploy.store.migrate import migrate
 from citrus_deploy.store.pool import open_pool
+from tests.conftest import AN_EARLIER_RELEASE
 from tests.paths import REPO
 from tests.service.conftest import AUTH, make_settings, rows, service_env
 
@@ -194,6 +195,7 @@ def test_server_status_changes_write_no_index_entry(fleet: str) -> None:
 
 def test_migrate_queues_provisioning_servers_written_before_the_trigger(database: str) -> None:
     with psycopg.connect(database) as conn:
+        conn.execute(AN_EARLIER_RELEASE)
         conn.execute("ALTER TABLE servers DISABLE TRIGGER servers_await_agent")
         add(conn, "older", agent="online", age_minutes=30)
         conn.execute("ALTER TABLE servers ENABLE TRIGGER servers_await_agent")
