@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from citrus_deploy.gitops.apply import BUSY, fresh_plan
+from citrus_deploy.gitops.apply import fresh_plan
+from citrus_deploy.gitops.rollout import BUSY
 from citrus_deploy.gitops.workers import NoWorkers, ServiceWorkersWatch
 from citrus_deploy.store import gitops as gitops_store
 from tests.conftest import insert_server

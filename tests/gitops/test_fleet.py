@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from citrus_deploy.gitops.cli import main
-from citrus_deploy.gitops.fleet import ProgramRules, read_fleet, read_stack_file, whole_load_errors
+from citrus_deploy.gitops.fleet import read_fleet, read_stack_file
+from citrus_deploy.gitops.rules import ProgramRules, whole_load_errors
 from tests.gitops.conftest import FleetRepo
 from tests.paths import REPO
 

@@ -5,6 +5,15 @@ from __future__ import annotations
 import pytest
 
 from citrus_deploy.gitops.apply import (
+    blast_radius_error,
+    destroy_limit,
+    overall_outcome,
+    plan_errors,
+    render_table,
+    stale_plan_error,
+    targets_of,
+)
+from citrus_deploy.gitops.rollout import (
     BUSY,
     CANARY,
     DESTROY,
@@ -17,15 +26,8 @@ from citrus_deploy.gitops.apply import (
     Result,
     Target,
     Wave,
-    blast_radius_error,
-    destroy_limit,
-    overall_outcome,
-    plan_errors,
     plan_waves,
-    render_table,
-    stale_plan_error,
     stop_reason,
-    targets_of,
     verdict,
 )
 

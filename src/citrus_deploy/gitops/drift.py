@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops.apply import database_url, repository_of
+    from citrus_deploy.gitops.command import database_url, repository_of
     from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
     from citrus_deploy.store import ownership
 
@@ -164,7 +164,7 @@ def _drift(args: argparse.Namespace) -> int:
     text, code = report(drifts)
     target = getattr(args, "json", None)
     if target:
-        from citrus_deploy.gitops.apply import write_json
+        from citrus_deploy.gitops.command import write_json
 
         write_json(
             Path(target),

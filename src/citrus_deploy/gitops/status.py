@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops.apply import database_url, fleet_names, repository_of
+    from citrus_deploy.gitops.command import database_url, fleet_names, repository_of
     from citrus_deploy.store import ownership
 
     directory = Path(args.dir)
