@@ -27,7 +27,6 @@ from citrus_deploy.store import deployments, records
 
 log = logging.getLogger("citrus.worker")
 
-
 # Advisory-lock namespace of the droplet-creation slots (two-int4 form, apart from migrate's).
 _SLOT_NAMESPACE = 0x64726F70  # "drop"
 _SLOT_POLL_SECONDS = 1.0

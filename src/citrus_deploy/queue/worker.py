@@ -21,7 +21,9 @@ from procrastinate.exceptions import ConnectorException
 from psycopg_pool import PoolTimeout
 
 from citrus_deploy import database
+from citrus_deploy.errors import first_line
 from citrus_deploy.queue import tasks
+from citrus_deploy.queue.checks import CheckRunner  # the read-only checks (citrus.check)
 from citrus_deploy.queue.maintenance import Maintenance
 from citrus_deploy.queue.runner import DeploymentRunner
 from citrus_deploy.settings import Settings
@@ -92,10 +94,6 @@ async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
         with tasks.app.replace_connector(PsycopgConnector()) as app:
             async with app.open_async(pool):
                 maintenance = Maintenance(settings, pool, app.job_manager)
-                from citrus_deploy.queue.checks import (
-                    CheckRunner,  # the read-only checks (citrus.check)
-                )
-
                 runner = DeploymentRunner(settings, pool, name)
                 runtime = tasks.Runtime(
                     runner=runner,
@@ -162,8 +160,7 @@ async def _supervise(
         try:
             await _unless_stopped(asyncio.ensure_future(make_worker()), stop)
         except _DATABASE_LOST as exc:
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            reason = f"{type(exc).__name__}: {first_line}"
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
         if stop.is_set():
             return
         failures = 1 if time.monotonic() - started > _STEADY_SECONDS else failures + 1
