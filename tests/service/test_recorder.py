@@ -12,7 +12,7 @@ import asyncio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from citrus_deploy.queue.worker import OutputRecorder
+from citrus_deploy.queue.runner import OutputRecorder
 from tests.service.conftest import fault_trigger, rows
 
 

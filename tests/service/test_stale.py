@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
 from citrus_deploy.queue import stale, tasks
-from citrus_deploy.queue.worker import remediate
+from citrus_deploy.queue.maintenance import remediate
 from citrus_deploy.store import queries
 from citrus_deploy.store.migrate import migrate
 from citrus_deploy.store.pool import open_pool

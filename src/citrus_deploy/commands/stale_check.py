@@ -10,7 +10,7 @@ import psycopg
 from procrastinate import PsycopgConnector
 
 from citrus_deploy.queue import stale, tasks
-from citrus_deploy.queue.worker import remediate
+from citrus_deploy.queue.maintenance import remediate
 from citrus_deploy.settings import Settings, load_settings
 from citrus_deploy.store.pool import open_pool
 

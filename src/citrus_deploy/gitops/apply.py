@@ -1,10 +1,11 @@
 """`citrus-deploy gitops apply`: makes the cloud match the fleet folder at HEAD, in waves.
 
-Each server goes through the service's own queue (store.gitops.enqueue: the one enqueue, the
-same deployment row, queue job and per-server lock as an HTTP request), run by the same workers. A
-wave goes on only when each of its servers' deployment succeeded and the server is `active` (its
-agent came online), the product's own health signal. The pieces that decide (waves, blast radius, a
-server's verdict, when to stop, the table) are pure functions, tested alone in test_waves.py.
+The command: it refuses a stale plan, a plan with errors or too big a blast radius, picks the
+servers to deploy, runs them in waves (gitops.rollout) and ends with the table. Each server goes
+through the service's own queue (store.gitops.enqueue: the one enqueue, the same deployment row,
+queue job and per-server lock as an HTTP request), run by the same workers. The pieces that decide
+(blast radius, the stale plan, the targets, the table) are pure functions, tested alone in
+test_waves.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from typing import Any
 
 import psycopg
 
+from citrus_deploy.engine.fingerprint import program_hash
 from citrus_deploy.errors import CitrusError
-from citrus_deploy.gitops.command import _folder, database_url, write_json
+from citrus_deploy.gitops import gitrepo
+from citrus_deploy.gitops.command import database_url, require_folder, write_json
+from citrus_deploy.gitops.fleet import read_fleet
+from citrus_deploy.gitops.plan import make_plan
 from citrus_deploy.gitops.rollout import (
     FAILED,
     POLL_SECONDS,
@@ -32,9 +37,10 @@ from citrus_deploy.gitops.rollout import (
     Rollout,
     Settler,
     Target,
-    _first_line,
+    error_line,
     plan_waves,
 )
+from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
 from citrus_deploy.store.states import ApplyOutcome
 
 UP_ACTIONS = ("create", "update", "replace")
@@ -88,7 +94,7 @@ def render_table(results: Sequence[Result]) -> str:
             "-" if r.wave is None else str(r.wave),
             "-" if r.deployment_id is None else str(r.deployment_id),
             r.outcome,
-            _first_line(r.error),
+            error_line(r.error),
         )
         for r in results
     ]
@@ -203,13 +209,9 @@ def fresh_plan(
     conn: psycopg.Connection[Any], directory: Path, repository: str | None
 ) -> dict[str, Any]:
     """The plan for HEAD, as `plan` makes it (its JSON form); refuses uncommitted files."""
-    from citrus_deploy.engine.fingerprint import program_hash
-    from citrus_deploy.gitops import gitrepo
-    from citrus_deploy.gitops.fleet import read_fleet
-    from citrus_deploy.gitops.plan import make_plan
     from citrus_deploy.store import ownership
 
-    top = gitrepo.toplevel(_folder(directory))
+    top = gitrepo.toplevel(require_folder(directory))
     dirty = gitrepo.uncommitted(directory)
     if dirty:
         raise ApplyRefused(
@@ -264,7 +266,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops.workers import ServiceWorkersWatch, require_workers
     from citrus_deploy.store import gitops as gitops_store
 
     canary = int(_opt(args, "canary", 1))
@@ -364,12 +365,10 @@ def args_allow(args: argparse.Namespace) -> int | None:
     return int(value) if value else None  # the CLI's default 0: not given
 
 
-def _workers(args: argparse.Namespace) -> Any:
+def _workers(args: argparse.Namespace) -> Workers | None:
     count = int(_opt(args, "workers", 0))
     if count <= 0:
         return None
-    from citrus_deploy.gitops.workers import Workers
-
     return Workers(count).start()
 
 

@@ -15,11 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from citrus_deploy.errors import CitrusError
+import psycopg
+
+from citrus_deploy.database import describe
+from citrus_deploy.engine.fingerprint import program_hash
+from citrus_deploy.errors import CitrusError, first_line
 from citrus_deploy.gitops import apply as apply_command
 from citrus_deploy.gitops import drift as drift_command
+from citrus_deploy.gitops import gitrepo, report
 from citrus_deploy.gitops import status as status_command
-from citrus_deploy.gitops.fleet import PARALLEL_FROM
+from citrus_deploy.gitops.fleet import PARALLEL_FROM, read_fleet
+from citrus_deploy.gitops.plan import CHANGED, make_plan
+from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
+from citrus_deploy.queue import checks
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -155,8 +163,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops.fleet import read_fleet
-
     folder = _fleet_dir(args.dir)
     fleet = read_fleet(folder, display=str(args.dir).rstrip("/") or ".", jobs=args.jobs)
     errors = list(fleet.all_errors())
@@ -170,13 +176,6 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    import psycopg
-
-    from citrus_deploy.engine.fingerprint import program_hash
-    from citrus_deploy.gitops import gitrepo, report
-    from citrus_deploy.gitops.fleet import read_fleet
-    from citrus_deploy.gitops.plan import CHANGED, make_plan
-
     if args.json == "-" and args.markdown == "-":
         raise UsageError("--json - and --markdown - cannot both write to stdout")
     folder = _fleet_dir(args.dir)
@@ -198,14 +197,12 @@ def run_plan(args: argparse.Namespace) -> int:
         try:
             deployed = load_deployed(conn)
         except psycopg.Error as exc:
-            raise UsageError(f"cannot read the deployed fleet: {_first_line(exc)}") from None
+            raise UsageError(f"cannot read the deployed fleet: {first_line(exc)}") from None
     # After the connection is closed: a big fleet is read by forked processes.
     fleet = read_fleet(folder, display=gitrepo.relative(folder, top), jobs=args.jobs)
     plan = make_plan(fleet, deployed, repository=repository, commit=commit, program_hash=program)
     failed_previews = 0
     if args.preview:
-        from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
-
         workers = Workers(args.workers) if args.workers > 0 else contextlib.nullcontext()
         with workers, _connect(conninfo) as conn:
             if args.workers <= 0:
@@ -229,8 +226,6 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _preview(conn: Any, servers: list[Any], timeout: float, watch: Callable[[], None]) -> int:
     """Queues one engine preview per changed server, waits for all; returns how many failed."""
-    from citrus_deploy.queue import checks
-
     queued = {checks.enqueue_check(conn, s.name, "preview", s.config): s for s in servers}
     conn.commit()
     conn.autocommit = True  # each poll reads what the workers committed since
@@ -274,20 +269,11 @@ def _database_url() -> str:
 
 
 def _connect(conninfo: str) -> Any:
-    import psycopg
-
-    from citrus_deploy.database import describe
-
     try:
         return psycopg.connect(conninfo, connect_timeout=10)
     except psycopg.Error as exc:
         where = describe(conninfo)
-        raise UsageError(f"cannot connect to PostgreSQL at {where}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise UsageError(f"cannot connect to PostgreSQL at {where}: {first_line(exc)}") from None
 
 
 def _write(target: str | None, text: str) -> None:

@@ -10,23 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from citrus_deploy.errors import CitrusError
+from citrus_deploy.gitops import gitrepo
+from citrus_deploy.gitops.fleet import read_fleet
 
 
 def repository_of(directory: Path, option: str | None) -> str:
     """The repository identity of the checkout holding `directory` (see gitops.gitrepo)."""
-    from citrus_deploy.gitops import gitrepo
-
-    return gitrepo.repository_identity(option, gitrepo.toplevel(_folder(directory)))
+    return gitrepo.repository_identity(option, gitrepo.toplevel(require_folder(directory)))
 
 
 def fleet_names(directory: Path) -> list[str]:
     """The server names of the folder's stack files."""
-    from citrus_deploy.gitops.fleet import read_fleet
-
-    return sorted(read_fleet(_folder(directory)).files)
+    return sorted(read_fleet(require_folder(directory)).files)
 
 
-def _folder(directory: Path) -> Path:
+def require_folder(directory: Path) -> Path:
+    """`directory`, or a CitrusError when it is no folder."""
     if not directory.is_dir():
         raise CitrusError(f"{directory}: no such folder")
     return directory

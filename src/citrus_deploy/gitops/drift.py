@@ -1,6 +1,6 @@
 """`citrus-deploy gitops drift`: did anyone change a GitOps server behind our back?
 
-A 'refresh' check (service.checks: `pulumi refresh --preview-only`, run by the queue's workers
+A 'refresh' check (queue.checks: `pulumi refresh --preview-only`, run by the queue's workers
 under the server's lock, changing nothing, not even the checkpoint) of every server this
 repository manages, with the config it was last applied with. Only what the engine reads back
 differently from its checkpoint counts, so a clean fleet reports nothing.
@@ -18,7 +18,10 @@ from typing import Any
 
 import psycopg
 
-from citrus_deploy.errors import CitrusError
+from citrus_deploy.errors import CitrusError, first_line
+from citrus_deploy.gitops.command import database_url, repository_of, write_json
+from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
+from citrus_deploy.queue import checks
 
 POLL_SECONDS = 0.5
 DEFAULT_TIMEOUT = 3600.0
@@ -49,7 +52,7 @@ def _value(value: Any) -> str:
 
 
 def describe(result: Mapping[str, Any]) -> list[str]:
-    """One line per drifted resource of a refresh check's result (service.checks); [] if none.
+    """One line per drifted resource of a refresh check's result (queue.checks); [] if none.
 
     `droplet deleted outside Pulumi`, `servers row size s-1vcpu-512mb-10gb -> s-1vcpu-1gb`.
     """
@@ -91,8 +94,6 @@ def run_checks(
     watch: Callable[[], None] = lambda: None,
 ) -> list[Drift]:
     """Queues a refresh check of each server and waits for all of them."""
-    from citrus_deploy.queue import checks
-
     found = {name: Drift(name) for name, _ in servers}
     names: dict[int, str] = {}
     for name, config in servers:
@@ -117,7 +118,7 @@ def report(drifts: Sequence[Drift]) -> tuple[str, int]:
     lines = []
     for d in drifts:
         if d.error:
-            lines.append(f"{d.name}: check failed: {d.error.strip().splitlines()[0]}")
+            lines.append(f"{d.name}: check failed: {first_line(d.error)}")
         for change in d.changes:
             lines.append(f"{d.name}: {change}")
     drifted = sum(1 for d in drifts if d.changes)
@@ -138,8 +139,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops.command import database_url, repository_of
-    from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
     from citrus_deploy.store import ownership
 
     repository = repository_of(Path(args.dir), getattr(args, "repository", None))
@@ -164,8 +163,6 @@ def _drift(args: argparse.Namespace) -> int:
     text, code = report(drifts)
     target = getattr(args, "json", None)
     if target:
-        from citrus_deploy.gitops.command import write_json
-
         write_json(
             Path(target),
             {

@@ -1,4 +1,5 @@
-"""The fleet folder: one `Pulumi.<name>.yaml` per server, read and checked by the program's rules.
+"""The fleet folder: one `Pulumi.<name>.yaml` per server, read here and checked by the program's
+rules (gitops.rules).
 
 A stack file is a regular file of at most MAX_FILE_BYTES, named by a strict pattern, in the YAML
 gitops.strict_yaml allows (no aliases, merges, tags or repeated keys); anything else named like
@@ -26,7 +27,7 @@ import yaml
 from citrus_deploy.gitops import strict_yaml
 from citrus_deploy.gitops.credentials import redact
 from citrus_deploy.gitops.printable import printable
-from citrus_deploy.gitops.rules import ProgramRules, _check_document, _Problem
+from citrus_deploy.gitops.rules import Problem, ProgramRules, check_document
 
 _STACK_FILE = re.compile(r"Pulumi\.(?P<name>.+)\.yaml", re.DOTALL)
 # What a stack file's server name may hold; the program's own rule (a hostname) is checked
@@ -220,8 +221,8 @@ def read_stack_file(
         return refused(*(FleetError(shown, p.line, p.key, p.rule) for p in exc.problems))
     if document.value is None:
         return refused(FleetError(shown, None, None, EMPTY_RULE))
-    problems: list[_Problem] = []  # (node path, key, rule)
-    config, adopt = _check_document(document.value, name, problems, rules or ProgramRules())
+    problems: list[Problem] = []  # (node path, key, rule)
+    config, adopt = check_document(document.value, name, problems, rules or ProgramRules())
     if not problems:
         return StackFile(name, shown, config, adopt)
     lines = _Lines(document.root)

@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import psycopg
 
+from citrus_deploy.errors import first_line
+from citrus_deploy.queue import stale
 from citrus_deploy.store.states import ApplyOutcome, Kind
 
 CANARY = "canary"
@@ -136,8 +138,9 @@ def stop_reason(wave: Wave, results: Mapping[str, Result]) -> str | None:
     return None
 
 
-def _first_line(text: str | None, width: int = 120) -> str:
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+def error_line(text: str | None, width: int = 120) -> str:
+    """An error's first line, cut to `width`, for one line of output ('' for no error)."""
+    line = first_line(text) if text and text.strip() else ""
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
@@ -244,7 +247,7 @@ class Rollout:
                 result = results[target.name]
                 result.outcome, result.error = found
                 del pending[dep_id]
-                tail = f": {_first_line(result.error)}" if result.error else ""
+                tail = f": {error_line(result.error)}" if result.error else ""
                 self.say(f"  {target.name}: {result.outcome} (deployment {dep_id}){tail}")
             if pending:
                 time.sleep(self.poll)
@@ -270,8 +273,6 @@ class Settler:
         self._runner.run(self._check())
 
     async def _check(self) -> None:
-        from citrus_deploy.queue import stale
-
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         await stale.check(self._conn, self.timeout)

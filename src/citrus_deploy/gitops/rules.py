@@ -38,7 +38,7 @@ _FROM_STORE_ONLY = frozenset({"databaseUrl"})
 _STORE_DO_TOKEN = "placeholder-digitalocean-token"  # noqa: S105 - a placeholder
 
 # (path of the node to point at, or None for the file itself; key as written; rule)
-_Problem = tuple[tuple[str | int, ...] | None, str | None, str]
+Problem = tuple[tuple[str | int, ...] | None, str | None, str]
 
 PLACEHOLDER_NAME = "placeholder-server"
 
@@ -62,9 +62,10 @@ def _key_kinds() -> dict[str, tuple[str, str]]:
     return kinds
 
 
-def _check_document(
-    document: Any, name: str, problems: list[_Problem], rules: ProgramRules
+def check_document(
+    document: Any, name: str, problems: list[Problem], rules: ProgramRules
 ) -> tuple[dict[str, Any], bool]:
+    """(record config, adopt) of a stack file's document; what breaks a rule goes to `problems`."""
     record: dict[str, Any] = {"serverName": name}
     if not isinstance(document, dict):
         problems.append(((), None, "must be a mapping with a `config:` key"))
@@ -239,7 +240,7 @@ def _file_key(field_name: str) -> tuple[str, tuple[str | int, ...]]:
     return f"{full}[{rest}", (*path, int(index)) if index.isdigit() else path
 
 
-def _credential_problem(key: str, index: int | None, what: str) -> _Problem:
+def _credential_problem(key: str, index: int | None, what: str) -> Problem:
     where: tuple[str | int, ...] = ("config", key) if index is None else ("config", key, index)
     return where, key, f"looks like a credential ({what}, value not shown): {SECRET_RULE}"
 

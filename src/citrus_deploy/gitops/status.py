@@ -1,6 +1,6 @@
 """`citrus-deploy gitops status`: where each server of the fleet folder stands.
 
-Per server: its state (gitops.ownership.gitops_state: Ready / Reconciling / Failed / Stalled), the
+Per server: its state (store.ownership.gitops_state: Ready / Reconciling / Failed / Stalled), the
 last commit applied to it and the last one attempted. The servers are the folder's files plus
 every server this repository still manages (a removed file not yet pruned). A file whose server
 this repository does not manage (yet) shows `NotApplied`, or who manages it.
@@ -10,7 +10,6 @@ Exit 0, or 1 when any server is Failed or Stalled; 2 on errors.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from citrus_deploy.errors import CitrusError
+from citrus_deploy.errors import CitrusError, first_line
+from citrus_deploy.gitops.command import database_url, fleet_names, repository_of, write_json
 
 if TYPE_CHECKING:
     from citrus_deploy.store.ownership import Deployed
@@ -85,7 +85,7 @@ def render(entries: list[dict[str, Any]]) -> str:
         if not e["inFolder"]:
             note.append("file removed: destroyed by apply --prune")
         if e["error"]:
-            note.append(str(e["error"]).strip().splitlines()[0][:100])
+            note.append(first_line(e["error"])[:100])
         table.append(
             (
                 e["name"],
@@ -116,7 +116,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from citrus_deploy.gitops.command import database_url, fleet_names, repository_of
     from citrus_deploy.store import ownership
 
     directory = Path(args.dir)
@@ -126,11 +125,7 @@ def _status(args: argparse.Namespace) -> int:
         entries = rows(names, ownership.load_deployed(conn), repository)
     target = getattr(args, "json", None)
     if target:
-        text = json.dumps({"repository": repository, "servers": entries}, indent=2, sort_keys=True)
-        if target == "-":
-            print(text)
-        else:
-            Path(target).write_text(text + "\n")
+        write_json(Path(target), {"repository": repository, "servers": entries})
     if target != "-":
         print(render(entries))
     bad = any(e["state"] in ("Failed", "Stalled") for e in entries)

@@ -68,7 +68,7 @@ class BackoffRetry(BaseRetryStrategy):
         return RetryDecision(retry_in={"seconds": delay})
 
 
-# The worker sets these from its settings before it starts (service.worker).
+# The worker sets these from its settings before it starts (queue.worker).
 RETRY = RetryPolicy()
 
 
@@ -76,9 +76,9 @@ RETRY = RetryPolicy()
 class Runtime:
     """What the tasks need, handed over as the worker's additional context."""
 
-    runner: Any  # service.worker.DeploymentRunner
-    checker: Any  # service.worker.Maintenance
-    checks: Any = None  # service.checks.CheckRunner: the read-only engine checks
+    runner: Any  # queue.runner.DeploymentRunner
+    checker: Any  # queue.maintenance.Maintenance
+    checks: Any = None  # queue.checks.CheckRunner: the read-only engine checks
     extra: dict[str, Any] = field(default_factory=dict)
 
 
