@@ -98,7 +98,7 @@ DB_DOWN = (
     DatabaseUnreachable,
 )
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # web/: templates/ and static/ beside the package
 STATIC = {
     # name -> (media type, served signed out)
     "console.css": ("text/css; charset=utf-8", True),
