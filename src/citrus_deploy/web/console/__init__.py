@@ -9,9 +9,10 @@ sign-in page. The live views never hold a database connection while idle: the fl
 one poller per process and pushed to each open page only when its rows change; a deployment's
 output is read per stream, a short query a second, from where the stream left off.
 
-A module per concern, each importing only those before it: queries (console.sql), sessions
-(cookies, their key, sign-outs), render (templates), fleet (its rows), guard (the request's
-session, the route class), pages, forms (deploy, retry, destroy), sign_in, live (the streams).
+A module per concern, each importing only those before it (an import contract in
+pyproject.toml): queries (console.sql), sessions (cookies, their key, sign-outs), render
+(templates), fleet (its rows), guard (the request's session, the route class), pages, forms
+(deploy, retry, destroy), sign_in, live (the streams). This module assembles the router.
 """
 
 from __future__ import annotations
