@@ -22,6 +22,10 @@ from psycopg.types.json import Jsonb
 from citrus_deploy.settings import Settings
 from citrus_deploy.web import console, failures
 from citrus_deploy.web.app import create_app
+from citrus_deploy.web.console import live as console_live
+from citrus_deploy.web.console import render as console_render
+from citrus_deploy.web.console import sessions as console_sessions
+from citrus_deploy.web.console import sign_in as console_sign_in
 from tests.conftest import insert_server
 from tests.service.conftest import TOKEN, Web, make_settings, rows
 
@@ -31,7 +35,7 @@ HOSTILE = "<script>alert('x')</script>"
 
 @pytest.fixture(autouse=True)
 def no_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(console, "FAILED_SIGN_IN_DELAY", 0.0)
+    monkeypatch.setattr(console_sign_in, "FAILED_SIGN_IN_DELAY", 0.0)
 
 
 @pytest.fixture
@@ -204,7 +208,9 @@ def test_the_right_token_gives_a_signed_http_only_cookie(client: TestClient) -> 
     client.cookies.clear()
     for cookie in (forged, value + "x", value.replace(".", "")):
         answer = client.get(
-            "/console", headers={"Cookie": f"{console.COOKIE}={cookie}"}, follow_redirects=False
+            "/console",
+            headers={"Cookie": f"{console_sessions.COOKIE}={cookie}"},
+            follow_redirects=False,
         )
         assert answer.status_code == 303
 
@@ -218,11 +224,13 @@ def test_the_cookie_is_secure_when_configured(service_db: str, tmp_path: Path) -
 
 def test_sessions_expire_and_are_bound_to_the_admin_token() -> None:
     secret = b"s" * 32  # console_secret's
-    sessions = console.Sessions(console.signing_key(TOKEN, secret), lifetime=60)
+    sessions = console_sessions.Sessions(console_sessions.signing_key(TOKEN, secret), lifetime=60)
     cookie, session = sessions.issue(now=1000)
     assert sessions.read(cookie, now=1059) == session
     assert sessions.read(cookie, now=1060) is None
-    other = console.Sessions(console.signing_key(TOKEN + "2", secret), lifetime=60)
+    other = console_sessions.Sessions(
+        console_sessions.signing_key(TOKEN + "2", secret), lifetime=60
+    )
     assert other.read(cookie, now=1001) is None
     assert sessions.read(cookie + "x", now=1001) is None
     assert sessions.read("not.a-cookie", now=1001) is None
@@ -238,17 +246,17 @@ def test_a_cookie_does_not_let_the_token_be_guessed_offline(
 
     def signs(key: bytes) -> bool:
         mac = hmac.new(key, payload.encode(), hashlib.sha256).digest()
-        return console._b64(mac) == signature
+        return console_sessions._b64(mac) == signature
 
     # What the token alone gave: the old key, and the new key under a guessed secret.
     assert not signs(hmac.new(TOKEN.encode(), b"citrus console session v1", "sha256").digest())
-    guessed = console.Sessions(console.signing_key(TOKEN, bytes(32)), 60)
+    guessed = console_sessions.Sessions(console_sessions.signing_key(TOKEN, bytes(32)), 60)
     assert guessed.read(cookie) is None
     # With the database's secret (and the token) it is the cookie's key: 32 random bytes.
     [(secret,)] = rows(database(settings), "SELECT secret FROM console_secret")
     assert len(secret) == 32
     assert secret != bytes(32)
-    known = console.Sessions(console.signing_key(TOKEN, bytes(secret)), 60)
+    known = console_sessions.Sessions(console_sessions.signing_key(TOKEN, bytes(secret)), 60)
     assert known.read(cookie) is not None
 
 
@@ -275,7 +283,9 @@ def test_web_processes_starting_together_share_one_secret(settings: Settings) ->
         pool = psycopg_pool.AsyncConnectionPool(database(settings), min_size=8, open=False)
         async with pool:
             return list(
-                await asyncio.gather(*(console.load_signing_key(pool, TOKEN) for _ in range(8)))
+                await asyncio.gather(
+                    *(console_sessions.load_signing_key(pool, TOKEN) for _ in range(8))
+                )
             )
 
     keys = asyncio.run(load())
@@ -290,8 +300,10 @@ def test_a_session_holds_across_two_web_processes(
     with httpx.Client(base_url=first.url, timeout=10) as http:
         signed = http.post("/console/sign-in", data={"token": TOKEN}, headers={"Origin": first.url})
         assert signed.status_code == 303
-        cookie = http.cookies[console.COOKIE]
-    with httpx.Client(base_url=second.url, cookies={console.COOKIE: cookie}, timeout=10) as http:
+        cookie = http.cookies[console_sessions.COOKIE]
+    with httpx.Client(
+        base_url=second.url, cookies={console_sessions.COOKIE: cookie}, timeout=10
+    ) as http:
         page = http.get("/console")
         assert (page.status_code, "Sign out" in page.text) == (200, True)
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
@@ -307,7 +319,7 @@ def test_a_session_holds_across_two_web_processes(
         signed_out = http.post("/console/sign-out", data={"csrf": csrf.group(1)}, headers=origin)
         assert signed_out.status_code == 303
     assert queued(settings) == [("web-1", "up")]
-    refused = httpx.get(f"{first.url}/console", cookies={console.COOKIE: cookie})
+    refused = httpx.get(f"{first.url}/console", cookies={console_sessions.COOKIE: cookie})
     assert (refused.status_code, refused.headers["location"]) == (303, "/console/sign-in")
 
 
@@ -353,11 +365,11 @@ def sign_in(client: TestClient) -> tuple[str, str]:
         "/console/sign-in", data={"token": TOKEN}, headers=ORIGIN, follow_redirects=False
     )
     assert answer.status_code == 303, answer.text
-    return client.cookies[console.COOKIE], csrf_of(client)
+    return client.cookies[console_sessions.COOKIE], csrf_of(client)
 
 
 def as_cookie(value: str) -> dict[str, str]:
-    return {"Cookie": f"{console.COOKIE}={value}"}
+    return {"Cookie": f"{console_sessions.COOKIE}={value}"}
 
 
 def test_a_signed_out_cookie_is_refused_by_every_web_process(
@@ -433,7 +445,7 @@ def test_sign_outs_are_kept_until_their_sessions_expire(
 def test_an_open_stream_ends_soon_after_its_session_signs_out(
     client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch, stream: str
 ) -> None:
-    monkeypatch.setattr(console, "STREAM_SECONDS", 30.0)  # a stream that never ends fails
+    monkeypatch.setattr(console_live, "STREAM_SECONDS", 30.0)  # a stream that never ends fails
     insert_server(database(settings), "web-1", "active")
     with psycopg.connect(database(settings)) as conn:
         found = conn.execute(
@@ -664,7 +676,7 @@ def test_the_output_stream_sends_what_the_page_has_not(
 
 
 def test_sse_lines_cannot_be_split_by_the_data() -> None:
-    event = console.sse("fleet", "a\r\nb\rc\nevent: evil").decode()
+    event = console_live.sse("fleet", "a\r\nb\rc\nevent: evil").decode()
     assert event == "event: fleet\ndata: a\ndata: b\ndata: c\ndata: event: evil\n\n"
 
 
@@ -673,7 +685,7 @@ def test_ages_read_like_the_scripts() -> None:
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     for seconds, text in ((5, "5 s"), (125, "2 min"), (7300, "2 h"), (200_000, "2 d")):
-        assert console.age(now - timedelta(seconds=seconds), now) == text
+        assert console_render.age(now - timedelta(seconds=seconds), now) == text
 
 
 def test_a_full_queue_refuses_a_deploy_from_the_page_as_the_api_does(

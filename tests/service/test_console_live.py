@@ -24,8 +24,9 @@ import uvicorn
 
 from citrus_deploy.settings import Settings
 from citrus_deploy.standin.pg import free_port
-from citrus_deploy.web import console
 from citrus_deploy.web.app import create_app
+from citrus_deploy.web.console import live as console_live
+from citrus_deploy.web.console import sessions as console_sessions
 from tests.conftest import insert_server
 from tests.service.conftest import TOKEN, wait_for
 
@@ -48,7 +49,7 @@ class Live:
             assert answer.status_code == 303, answer.text
             page = http.get("/console").text
             csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            return http.cookies[console.COOKIE], csrf
+            return http.cookies[console_sessions.COOKIE], csrf
 
     def set_status(self, status: str) -> None:
         """What a deployment does to the fleet: a row's status changes."""
@@ -60,8 +61,8 @@ class Live:
 def live(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> Iterator[Live]:
-    monkeypatch.setattr(console, "FLEET_INTERVAL", 0.05)
-    monkeypatch.setattr(console, "HEARTBEAT_SECONDS", 1.0)
+    monkeypatch.setattr(console_live, "FLEET_INTERVAL", 0.05)
+    monkeypatch.setattr(console_live, "HEARTBEAT_SECONDS", 1.0)
     caplog.set_level(logging.WARNING)
     database = settings.database_url.get_secret_value()
     insert_server(database, "web-1", "provisioning")
@@ -95,7 +96,7 @@ async def first_fleet(live: Live, cookie: str) -> str:
     timeout = httpx.Timeout(10, read=READ_TIMEOUT)
     async with (
         httpx.AsyncClient(
-            base_url=live.base, cookies={console.COOKIE: cookie}, timeout=timeout
+            base_url=live.base, cookies={console_sessions.COOKIE: cookie}, timeout=timeout
         ) as http,
         http.stream("GET", "/console/events") as answer,
     ):
@@ -139,7 +140,7 @@ def test_streams_keep_getting_rows_after_churn(live: Live) -> None:
         timeout = httpx.Timeout(10, read=READ_TIMEOUT)
         async with (
             httpx.AsyncClient(
-                base_url=live.base, cookies={console.COOKIE: cookie}, timeout=timeout
+                base_url=live.base, cookies={console_sessions.COOKIE: cookie}, timeout=timeout
             ) as http,
             http.stream("GET", "/console/events") as answer,
         ):
@@ -165,7 +166,9 @@ def read_until_closed(
     its first fleet event. `after_first()` runs once that event is in."""
     timeout = httpx.Timeout(10, read=READ_TIMEOUT)
     with (
-        httpx.Client(base_url=live.base, cookies={console.COOKIE: cookie}, timeout=timeout) as http,
+        httpx.Client(
+            base_url=live.base, cookies={console_sessions.COOKIE: cookie}, timeout=timeout
+        ) as http,
         http.stream("GET", "/console/events") as answer,
     ):
         seen, started = "", 0.0
@@ -184,7 +187,7 @@ def test_streams_still_end_after_stream_seconds_after_churn(
 ) -> None:
     cookie, _ = live.sign_in()
     churn(live, cookie)
-    monkeypatch.setattr(console, "STREAM_SECONDS", 3.0)  # 10 minutes in production
+    monkeypatch.setattr(console_live, "STREAM_SECONDS", 3.0)  # 10 minutes in production
 
     seen, took = read_until_closed(live, cookie)
 
@@ -198,7 +201,7 @@ def test_streams_still_end_at_sign_out_after_churn(live: Live) -> None:
     leaving, csrf = live.sign_in()
 
     def sign_out() -> None:
-        with httpx.Client(base_url=live.base, cookies={console.COOKIE: leaving}) as http:
+        with httpx.Client(base_url=live.base, cookies={console_sessions.COOKIE: leaving}) as http:
             answer = http.post(
                 "/console/sign-out", data={"csrf": csrf}, headers={"Origin": live.base}
             )
@@ -223,7 +226,7 @@ def fill_every_slot(live: Live, cookie: str) -> int:
             timeout = httpx.Timeout(10, read=READ_TIMEOUT)
             async with (
                 httpx.AsyncClient(
-                    base_url=live.base, cookies={console.COOKIE: cookie}, timeout=timeout
+                    base_url=live.base, cookies={console_sessions.COOKIE: cookie}, timeout=timeout
                 ) as http,
                 http.stream("GET", "/console/events") as answer,
             ):
@@ -233,16 +236,16 @@ def fill_every_slot(live: Live, cookie: str) -> int:
                 while "event: fleet" not in seen:
                     seen += await anext(chunks)
                 arrived += 1
-                if arrived == console.MAX_STREAMS:
+                if arrived == console_live.MAX_STREAMS:
                     everyone_in.set()
                 await release.wait()
 
-        holders = [asyncio.create_task(hold()) for _ in range(console.MAX_STREAMS)]
+        holders = [asyncio.create_task(hold()) for _ in range(console_live.MAX_STREAMS)]
         try:
             await asyncio.wait_for(everyone_in.wait(), 30)
             async with (
                 httpx.AsyncClient(
-                    base_url=live.base, cookies={console.COOKIE: cookie}, timeout=10
+                    base_url=live.base, cookies={console_sessions.COOKIE: cookie}, timeout=10
                 ) as http,
                 http.stream("GET", "/console/events") as one_more,
             ):

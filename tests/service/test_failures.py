@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from citrus_deploy.settings import SettingsError, load_settings
-from citrus_deploy.web import console, failures
+from citrus_deploy.web import failures
+from citrus_deploy.web.console import sessions as console_sessions
 from tests.paths import REPO
 from tests.service.conftest import AUTH, TOKEN, Web, service_env
 
@@ -118,17 +119,17 @@ def test_behind_a_proxy_that_passes_no_address_a_known_browser_still_signs_in(
     with httpx.Client(base_url=web.url, timeout=10, follow_redirects=True) as browser:
         first = browser.post("/console/sign-in", data={"token": TOKEN}, headers={"Origin": web.url})
         assert first.status_code == 200  # followed to the fleet, which marks the browser
-        device = browser.cookies[console.DEVICE_COOKIE]
+        device = browser.cookies[console_sessions.DEVICE_COOKIE]
     assert [sign_in(web, "guess").status_code for _ in range(failures.MAX_FAILURES)] == [
         401
     ] * failures.MAX_FAILURES
     assert sign_in(web, TOKEN).status_code == 429  # an unknown browser at that address
     # The known browser: its own wrong token is a 401 (not the others' 429), the right one works.
-    assert sign_in(web, "typo", **{console.DEVICE_COOKIE: device}).status_code == 401
-    assert sign_in(web, TOKEN, **{console.DEVICE_COOKIE: device}).status_code == 303
+    assert sign_in(web, "typo", **{console_sessions.DEVICE_COOKIE: device}).status_code == 401
+    assert sign_in(web, TOKEN, **{console_sessions.DEVICE_COOKIE: device}).status_code == 303
     # A device cookie that is not ours is no device.
     forged = device.split(".")[0] + ".AAAA"
-    assert sign_in(web, TOKEN, **{console.DEVICE_COOKIE: forged}).status_code == 429
+    assert sign_in(web, TOKEN, **{console_sessions.DEVICE_COOKIE: forged}).status_code == 429
 
 
 def test_a_request_without_a_token_is_not_a_guess(client: TestClient) -> None:

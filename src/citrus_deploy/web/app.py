@@ -3,7 +3,7 @@ handlers, and the routers of each concern. OpenAPI at /openapi.json.
 
 api.py is the admin JSON API (every /admin route needs `Authorization: Bearer <ADMIN_TOKEN>`,
 dependencies.py), boot_reports.py what droplets report while they boot, health.py /healthz,
-metrics.py /metrics (Prometheus, behind the same token), console.py the operator pages.
+metrics.py /metrics (Prometheus, behind the same token), console/ the operator pages.
 Errors are JSON with an explicit status per domain error (http_errors.py). The web process
 never runs Pulumi: it enqueues, and reads what workers recorded.
 """

@@ -5,7 +5,7 @@ Past MAX_FAILURES failures within FAILURE_WINDOW seconds a client is refused (42
 Retry-After) without its token being looked at, until the oldest of them leaves the window.
 A client is its address as uvicorn gives it (the proxy's X-Forwarded-For only from the
 addresses in CITRUS_FORWARDED_ALLOW_IPS), an IPv6 client its /64 (one host holds a whole /64),
-or, for the console, a browser that signed in before (service/console.py, device cookies).
+or, for the console, a browser that signed in before (web/console/sessions.py, device cookies).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
--- What the operator console (service/console.py) reads besides service.deployments' readers.
+-- What the operator console (web/console/) reads and records besides the store's readers.
 -- Parameters are %(name)s only.
 
 -- name: console_fleet_details
@@ -43,9 +43,9 @@ SELECT EXISTS (SELECT FROM console_signouts WHERE session_id = %(session_id)s) A
 SELECT session_id FROM console_signouts WHERE session_id = ANY(%(session_ids)s::text[]);
 
 -- name: console_secret
--- The random secret the cookies' key is derived from (service/console.py, signing_key): made in
--- the database, never sent to it, by the first web process to ask; the others get that row
--- (DO UPDATE changes nothing, and returns the row even when it was committed meanwhile).
+-- The random secret the cookies' key is derived from (web/console/sessions.py, signing_key):
+-- made in the database, never sent to it, by the first web process to ask; the others get that
+-- row (DO UPDATE changes nothing, and returns the row even when it was committed meanwhile).
 INSERT INTO console_secret (secret)
 VALUES (sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())))
 ON CONFLICT (id) DO UPDATE SET id = console_secret.id
