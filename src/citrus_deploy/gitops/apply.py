@@ -41,6 +41,8 @@ from citrus_deploy.gitops.rollout import (
     plan_waves,
 )
 from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
+from citrus_deploy.store import gitops as gitops_store
+from citrus_deploy.store import ownership
 from citrus_deploy.store.states import ApplyOutcome
 
 UP_ACTIONS = ("create", "update", "replace")
@@ -209,7 +211,6 @@ def fresh_plan(
     conn: psycopg.Connection[Any], directory: Path, repository: str | None
 ) -> dict[str, Any]:
     """The plan for HEAD, as `plan` makes it (its JSON form); refuses uncommitted files."""
-    from citrus_deploy.store import ownership
 
     top = gitrepo.toplevel(require_folder(directory))
     dirty = gitrepo.uncommitted(directory)
@@ -266,7 +267,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from citrus_deploy.store import gitops as gitops_store
 
     canary = int(_opt(args, "canary", 1))
     if canary < 1:
@@ -383,7 +383,6 @@ def retry_targets(
     A server whose `up` succeeded but whose agent never came online plans as unchanged (its
     config was applied): it runs `up` again all the same, as action 'retry'.
     """
-    from citrus_deploy.store import gitops as gitops_store
 
     last = gitops_store.last_apply(conn, plan["repository"], plan["commit"])
     if last is None:
@@ -407,8 +406,6 @@ def retry_targets(
 def failed_in(conn: psycopg.Connection[Any], apply_id: int) -> set[str]:
     """Servers that failed in that apply: deployment failed or needs an operator, or an `up`
     that succeeded whose server is not active (its agent never came online)."""
-    from citrus_deploy.store import gitops as gitops_store
-    from citrus_deploy.store import ownership
 
     deployed = ownership.load_deployed(conn)
     latest: dict[str, dict[str, Any]] = {}

@@ -28,6 +28,7 @@ from citrus_deploy.gitops.fleet import PARALLEL_FROM, read_fleet
 from citrus_deploy.gitops.plan import CHANGED, make_plan
 from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
 from citrus_deploy.queue import checks
+from citrus_deploy.store.ownership import load_deployed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -190,8 +191,6 @@ def run_plan(args: argparse.Namespace) -> int:
     repository = gitrepo.repository_identity(args.repository, top)
     program = program_hash(gitrepo.program_root(top))
     conninfo = _database_url()
-
-    from citrus_deploy.store.ownership import load_deployed
 
     with _connect(conninfo) as conn:
         try:

@@ -22,6 +22,7 @@ from citrus_deploy.errors import CitrusError, first_line
 from citrus_deploy.gitops.command import database_url, repository_of, write_json
 from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
 from citrus_deploy.queue import checks
+from citrus_deploy.store import ownership
 
 POLL_SECONDS = 0.5
 DEFAULT_TIMEOUT = 3600.0
@@ -139,7 +140,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from citrus_deploy.store import ownership
 
     repository = repository_of(Path(args.dir), getattr(args, "repository", None))
     count = int(getattr(args, "workers", None) or 0)

@@ -20,6 +20,9 @@ import psycopg
 
 from citrus_deploy.errors import first_line
 from citrus_deploy.queue import stale
+from citrus_deploy.store import gitops as gitops_store
+from citrus_deploy.store import ownership
+from citrus_deploy.store.deployments import DeploymentConflict
 from citrus_deploy.store.states import ApplyOutcome, Kind
 
 CANARY = "canary"
@@ -194,9 +197,6 @@ class Rollout:
         return results, None
 
     def run_wave(self, wave: Wave, results: dict[str, Result]) -> None:
-        from citrus_deploy.store import gitops as gitops_store
-        from citrus_deploy.store import ownership
-        from citrus_deploy.store.deployments import DeploymentConflict
 
         pending: dict[int, Target] = {}
         for target in wave.targets:

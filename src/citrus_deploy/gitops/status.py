@@ -13,15 +13,14 @@ import argparse
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
 from citrus_deploy.errors import CitrusError, first_line
 from citrus_deploy.gitops.command import database_url, fleet_names, repository_of, write_json
-
-if TYPE_CHECKING:
-    from citrus_deploy.store.ownership import Deployed
+from citrus_deploy.store import ownership
+from citrus_deploy.store.ownership import Deployed, gitops_state
 
 NOT_APPLIED = "NotApplied"
 
@@ -30,7 +29,6 @@ def rows(
     names: Iterable[str], deployed: Mapping[str, Deployed], repository: str
 ) -> list[dict[str, Any]]:
     """One entry per server: the folder's names plus every server the repository manages."""
-    from citrus_deploy.store.ownership import gitops_state
 
     names = list(names)
     in_folder = {name.lower() for name in names}
@@ -116,7 +114,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from citrus_deploy.store import ownership
 
     directory = Path(args.dir)
     repository = repository_of(directory, getattr(args, "repository", None))
