@@ -1,0 +1,78 @@
+"""The read-only role a pull request's plan uses (migrations/0020_plan_role.sql), against real
+PostgreSQL: a login role granted it, as docs/gitops-pipeline.md says to make one, plans (it
+reads server_ownership) and reads nothing else: not agents.key, no other table, no writes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from itertools import count
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from citrus_deploy.store.ownership import load_deployed
+from tests.conftest import insert_server
+
+ROLE = "citrus_gitops_plan"
+_counter = count()
+
+
+@pytest.fixture
+def plan_url(database: str) -> Iterator[str]:
+    """The conninfo of a login role made as the docs say: CREATE ROLE ... LOGIN; GRANT."""
+    login = f"plan_ci_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(ROLE), sql.Identifier(login)))
+    yield make_conninfo(database, user=login)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(login)))
+
+
+def test_the_plan_role_reads_the_ownership_view(database: str, plan_url: str) -> None:
+    insert_server(database, "web-1", status="active")
+    with psycopg.connect(plan_url) as conn:
+        (user,) = conn.execute("SELECT current_user").fetchone() or ("",)
+        assert user.startswith("plan_ci_")
+        deployed = load_deployed(conn)
+    assert [d.name for d in deployed.values()] == ["web-1"]
+
+
+def test_the_plan_role_cannot_read_an_agent_key(database: str, plan_url: str) -> None:
+    insert_server(database, "web-1")
+    with psycopg.connect(plan_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT key FROM agents")
+
+
+def test_the_plan_role_reads_no_table_and_writes_nothing(database: str, plan_url: str) -> None:
+    with psycopg.connect(database) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        ]
+    assert {"agents", "servers", "deployments", "gitops_applies"} <= set(tables)
+    with psycopg.connect(plan_url, autocommit=True) as conn:
+        for table in tables:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(table)))
+        for statement in (
+            "CREATE TABLE stolen (x text)",
+            "UPDATE agents SET status = 'offline'",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_the_role_has_only_select_on_the_view(database: str) -> None:
+    with psycopg.connect(database) as conn:
+        grants = conn.execute(
+            "SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+            "WHERE grantee = %s",
+            (ROLE,),
+        ).fetchall()
+        login = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (ROLE,))
+        assert login.fetchone() == (False,)
+    assert grants == [("server_ownership", "SELECT")]
