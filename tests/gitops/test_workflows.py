@@ -254,6 +254,15 @@ def test_secrets_reach_steps_only_through_env(name: str) -> None:
         assert {"PULUMI_CONFIG_PASSPHRASE", "ENGINE_WS_URL"} <= secret_vars
 
 
+@pytest.mark.parametrize(
+    ("name", "command"), [("gitops-apply", "Apply"), ("gitops-drift", "Drift")]
+)
+def test_apply_and_drift_get_the_notification_webhook(name: str, command: str) -> None:
+    env = step(load(name), command)["env"]
+    assert env["CITRUS_NOTIFY_URL"] == "${{ secrets.GITOPS_NOTIFY_URL }}"
+    assert env["CITRUS_NOTIFY_SECRET"] == "${{ secrets.GITOPS_NOTIFY_SECRET }}"
+
+
 def test_the_deployers_github_token_is_not_the_runs_token() -> None:
     for name in ("gitops-apply", "gitops-drift"):
         for block in env_blocks(load(name)):
