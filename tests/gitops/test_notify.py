@@ -4,13 +4,12 @@ that fails, hangs or is misconfigured is reported and never fails the command.""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import json
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,8 +20,21 @@ from citrus_deploy.gitops import notify
 from citrus_deploy.gitops.drift import Drift
 from citrus_deploy.gitops.rollout import Result
 from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet
+from tests.paths import REPO as CHECKOUT
 
 SECRET = "whsec-0123456789abcdef"
+DOCS = CHECKOUT / "docs" / "gitops-pipeline.md"
+
+
+def documented_check() -> Callable[[bytes, Any, bytes], bool]:
+    """The receiver's check exactly as docs/gitops-pipeline.md prints it."""
+    (code,) = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    scope: dict[str, Any] = {}
+    exec(code, scope)  # noqa: S102 (our own documentation's example)
+    check: Callable[[bytes, Any, bytes], bool] = scope["verified"]
+    return check
+
+
 TOKEN_IN_PATH = "T000/B000/hush-hush-token"
 
 
@@ -66,13 +78,10 @@ class Receiver:
         return {notify.URL_ENV: self.url, notify.SECRET_ENV: SECRET, **extra}
 
     def verified(self, index: int = -1) -> dict[str, Any]:
-        """The message, after the receiver's checks (the documented recipe, by hand)."""
+        """The message, after the receiver's checks (the documented recipe, as printed)."""
         got = self.received[index]
-        timestamp = got["headers"][notify.TIMESTAMP_HEADER]
-        assert abs(time.time() - int(timestamp)) < 300
-        base = b"v1:" + timestamp.encode() + b":" + got["body"]
-        expected = "v1=" + hmac.new(SECRET.encode(), base, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(got["headers"][notify.SIGNATURE_HEADER], expected)
+        assert documented_check()(SECRET.encode(), got["headers"], got["body"])
+        assert not documented_check()(b"not the secret, 16+", got["headers"], got["body"])
         assert got["headers"]["Content-Type"] == "application/json"
         message: dict[str, Any] = json.loads(got["body"])
         return message

@@ -4,6 +4,7 @@ reads server_ownership) and reads nothing else: not agents.key, no other table, 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from itertools import count
@@ -15,6 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from citrus_deploy.store.ownership import load_deployed
 from tests.conftest import insert_server
+from tests.gitops.conftest import REPO, FleetRepo, gitops, make_fleet
 
 ROLE = "citrus_gitops_plan"
 _counter = count()
@@ -76,3 +78,23 @@ def test_the_role_has_only_select_on_the_view(database: str) -> None:
         login = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (ROLE,))
         assert login.fetchone() == (False,)
     assert grants == [("server_ownership", "SELECT")]
+
+
+def test_plan_runs_as_the_plan_role_end_to_end(
+    database: str,
+    plan_url: str,
+    fleet_repo: FleetRepo,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the pull-request job does: `gitops plan` of a fleet folder with this URL only."""
+    insert_server(database, "web-1", status="active")  # made by hand: the plan must see it
+    make_fleet(fleet_repo, "web-1", "web-2")
+    monkeypatch.setenv("DATABASE_URL", plan_url)
+    code, out, err = gitops(
+        capsys, "plan", str(fleet_repo.fleet), "--repository", REPO, "--json", "-"
+    )
+    # web-1, made by hand, is refused: the plan read who manages it through the view.
+    actions = {s["name"]: s["action"] for s in json.loads(out)["servers"]}
+    assert (code, actions) == (1, {"web-1": "error", "web-2": "create"}), err
+    assert "permission denied" not in err
