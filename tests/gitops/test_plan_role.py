@@ -14,6 +14,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from citrus_deploy.standin.pg import PgServer
+from citrus_deploy.store.migrate import migrate
 from citrus_deploy.store.ownership import load_deployed
 from tests.conftest import insert_server
 from tests.gitops.conftest import REPO, FleetRepo, gitops, make_fleet
@@ -98,3 +100,21 @@ def test_plan_runs_as_the_plan_role_end_to_end(
     actions = {s["name"]: s["action"] for s in json.loads(out)["servers"]}
     assert (code, actions) == (1, {"web-1": "error", "web-2": "create"}), err
     assert "permission denied" not in err
+
+
+def test_a_migrating_user_that_cannot_create_roles_still_upgrades() -> None:
+    """On a cluster of its own (the role is the cluster's): a database owner without CREATEROLE
+    gets every migration; the role is left for an administrator, the service still starts."""
+    server = PgServer().start()
+    try:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE citrus_owner LOGIN")
+            conn.execute("CREATE DATABASE citrus OWNER citrus_owner")
+        owner_url = make_conninfo(server.conninfo("citrus"), user="citrus_owner")
+        assert "0020_plan_role" in migrate(owner_url)
+        with psycopg.connect(owner_url) as conn:
+            found = conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchall()
+            assert found == []
+            assert conn.execute("SELECT count(*) FROM server_ownership").fetchone() == (0,)
+    finally:
+        server.destroy()

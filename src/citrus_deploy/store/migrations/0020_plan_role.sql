@@ -7,14 +7,20 @@
 -- what was applied, never a key.
 -- The role cannot log in: an operator makes a login role for the pipeline and grants this one
 -- to it (GRANT citrus_gitops_plan TO citrus_plan_ci), so its password is theirs to rotate.
--- Roles belong to the cluster, not the database: made once, kept if it exists.
+-- Roles belong to the cluster, not the database: made once, kept if it exists. A migrating user
+-- that may not create roles (no CREATEROLE) leaves it to an administrator, with a notice, rather
+-- than stopping the service's upgrade; docs/gitops-pipeline.md gives the statements to run then.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'citrus_gitops_plan') THEN
+        IF NOT (SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            RAISE NOTICE 'role citrus_gitops_plan not made: % may not create roles', current_user;
+            RETURN;
+        END IF;
         CREATE ROLE citrus_gitops_plan NOLOGIN;
     END IF;
+    -- No table is granted (and PUBLIC has none on tables): only the view.
+    GRANT USAGE ON SCHEMA public TO citrus_gitops_plan;
+    GRANT SELECT ON server_ownership TO citrus_gitops_plan;
 END
 $$;
--- No table is granted (and PUBLIC has none on tables): only the view.
-GRANT USAGE ON SCHEMA public TO citrus_gitops_plan;
-GRANT SELECT ON server_ownership TO citrus_gitops_plan;
