@@ -632,7 +632,7 @@ def test_the_first_plan_creates_the_comment(tmp_path: Path) -> None:
     assert github.writes() == [["--method", "POST", "repos/limedrop/fleet/issues/12/comments"]]
     body = github.data["comments"][-1]["body"]
     assert body.startswith(MARKER + "\n### GitOps plan for `aaaaaaaaaaaa`")
-    assert f"Made for commit `{SHA}`" in body
+    assert f"Made for commit `{SHA}` merged into its base branch" in body
     assert "(https://github.com/limedrop/fleet/actions/runs/77)" in body
     assert body.endswith("**3 servers**: size s-1 -> s-2\n")
     # The token travels in the environment only.
