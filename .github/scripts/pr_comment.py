@@ -64,7 +64,8 @@ def render(*, commit: str, plan: str | None, outcome: str, run_url: str, artifac
         MARKER,
         f"### GitOps plan for `{commit[:12]}`",
         "",
-        f"Made for commit `{commit}` · [workflow run]({run_url}) · "
+        # The plan is of GitHub's merge commit: this commit merged into the base branch.
+        f"Made for commit `{commit}` merged into its base branch · [workflow run]({run_url}) · "
         f"whole plan as JSON: artifact `{artifact}`",
         "",
     ]

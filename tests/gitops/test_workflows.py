@@ -109,10 +109,18 @@ def test_pruning_is_never_the_default() -> None:
 # --- the plan job -------------------------------------------------------------------------
 
 
-def test_plan_is_made_for_the_head_commit_and_kept() -> None:
+def checkouts(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in steps(workflow) if s.get("uses", "").startswith("actions/checkout@")]
+
+
+def test_plan_is_made_for_the_merge_result_and_kept() -> None:
     workflow = load("gitops-plan")
-    checkout = next(s for s in steps(workflow) if s.get("uses", "").startswith("actions/checkout"))
-    assert checkout["with"]["ref"] == "${{ github.event.pull_request.head.sha }}"
+    # The merge result, not the head: a branch made before another merge must not show that
+    # change undone. It is checked out beside the tooling, and its fleet folder is planned.
+    (merged,) = (c for c in checkouts(workflow) if c["with"].get("path"))
+    assert merged["with"]["ref"] == "refs/pull/${{ github.event.pull_request.number }}/merge"
+    fleet_dir = workflow["jobs"]["plan"]["env"]["FLEET_DIR"]
+    assert fleet_dir == f"{merged['with']['path']}/fleet"
     plan = step(workflow, "Plan")
     assert plan["run"] == (
         'citrus-deploy gitops plan "$FLEET_DIR" --json plan.json --markdown plan.md'
@@ -122,6 +130,68 @@ def test_plan_is_made_for_the_head_commit_and_kept() -> None:
     upload = step(workflow, "Upload the plan")
     assert upload["uses"].startswith("actions/upload-artifact@")
     assert "plan.json" in upload["with"]["path"]
+
+
+def test_plan_runs_only_the_base_branchs_tooling() -> None:
+    """The pull request's tree is data: the tooling installed and run (pip install ., the
+    scripts under .github/) is the base branch's, checked out at the top of the workspace."""
+    workflow = load("gitops-plan")
+    job = workflow["jobs"]["plan"]
+    tooling = [c for c in checkouts(workflow) if not c["with"].get("path")]
+    assert [c["with"]["ref"] for c in tooling] == ["${{ github.event.pull_request.base.sha }}"]
+    (merged,) = (c["with"]["path"] for c in checkouts(workflow) if c["with"].get("path"))
+    for s in job["steps"]:
+        assert "working-directory" not in s, s
+        # Nothing of the merged tree is named by a script, so nothing of it is run: only
+        # $FLEET_DIR, as an argument of our own (base) commands.
+        assert merged not in s.get("run", ""), s
+        for words in commands(s.get("run", "")):
+            if "$FLEET_DIR" in words:
+                assert words[:2] == ["citrus-deploy", "gitops"], words
+    assert "working-directory" not in json.dumps(workflow.get("defaults", {}))
+
+
+# The one secret the plan may hold: a role that can SELECT server_ownership and nothing else
+# (migrations/0020_plan_role.sql). Every other secret is a deploy secret.
+PLAN_SECRET = "secrets.GITOPS_PLAN_DATABASE_URL"
+SECRET = re.compile(r"secrets\.[A-Z_]+")
+
+
+def deploy_secrets(job: dict[str, Any]) -> set[str]:
+    return set(SECRET.findall(json.dumps(job))) - {PLAN_SECRET}
+
+
+def unprotected_jobs(workflow: dict[str, Any]) -> list[str]:
+    """The jobs that hold a deploy secret outside the protected environment."""
+    return [
+        name
+        for name, job in workflow["jobs"].items()
+        if deploy_secrets(job) and job.get("environment") != "fleet"
+    ]
+
+
+def test_the_plan_holds_only_the_read_only_database_url() -> None:
+    workflow = load("gitops-plan")
+    text = (WORKFLOWS / "gitops-plan.yml").read_text()
+    assert set(SECRET.findall(text)) == {PLAN_SECRET}
+    assert "secrets.DATABASE_URL" not in text
+    for block in env_blocks(workflow):
+        if "DATABASE_URL" in block:
+            assert block["DATABASE_URL"] == "${{ " + PLAN_SECRET + " }}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_job_holding_a_deploy_secret_runs_in_the_protected_environment(name: str) -> None:
+    workflow = load(name)
+    assert unprotected_jobs(workflow) == []
+    if name != "gitops-plan":
+        assert all(deploy_secrets(job) for job in workflow["jobs"].values())
+    # The check sees a job that lost its environment.
+    stripped = json.loads(json.dumps(workflow))
+    for job in stripped["jobs"].values():
+        job.pop("environment", None)
+    expected = [] if name == "gitops-plan" else list(workflow["jobs"])
+    assert unprotected_jobs(stripped) == expected
 
 
 def test_plan_edits_one_comment_found_by_its_marker() -> None:
@@ -178,10 +248,19 @@ def test_secrets_reach_steps_only_through_env(name: str) -> None:
         for var in secret_vars:
             assert not re.search(rf"\$\{{?{var}\b", run), (var, s)
     if name == "gitops-plan":
-        assert secret_vars == {"DATABASE_URL", "GH_TOKEN"}
+        assert secret_vars == {"DATABASE_URL", "GH_TOKEN"}  # the read-only one
     else:
         assert {"DATABASE_URL", "GITHUB_TOKEN", "DIGITALOCEAN_TOKEN"} <= secret_vars
         assert {"PULUMI_CONFIG_PASSPHRASE", "ENGINE_WS_URL"} <= secret_vars
+
+
+@pytest.mark.parametrize(
+    ("name", "command"), [("gitops-apply", "Apply"), ("gitops-drift", "Drift")]
+)
+def test_apply_and_drift_get_the_notification_webhook(name: str, command: str) -> None:
+    env = step(load(name), command)["env"]
+    assert env["CITRUS_NOTIFY_URL"] == "${{ secrets.GITOPS_NOTIFY_URL }}"
+    assert env["CITRUS_NOTIFY_SECRET"] == "${{ secrets.GITOPS_NOTIFY_SECRET }}"
 
 
 def test_the_deployers_github_token_is_not_the_runs_token() -> None:
@@ -202,16 +281,38 @@ def test_permissions_are_minimal(name: str) -> None:
         assert job["permissions"] == allowed
 
 
+PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+")
+USES = re.compile(r"^\s*(?:- )?uses:\s*(.*?)\s*$", re.M)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_every_job_has_a_timeout_and_every_action_a_major_version(name: str) -> None:
+def test_every_job_has_a_timeout_and_every_action_a_pinned_commit(name: str) -> None:
     workflow = load(name)
     for job in workflow["jobs"].values():
         assert 0 < job["timeout-minutes"] <= 360
+    # A tag can be moved to other code; a commit cannot. The comment says which release it is.
+    lines = USES.findall((WORKFLOWS / f"{name}.yml").read_text())
+    assert len(lines) == sum(1 for s in steps(workflow) if "uses" in s)
+    for line in lines:
+        assert PINNED.fullmatch(line), line
     for s in steps(workflow):
-        if "uses" in s:
-            assert re.fullmatch(r"[\w.-]+/[\w.-]+@(v\d+|[0-9a-f]{40})", s["uses"]), s["uses"]
-            if s["uses"].startswith("actions/checkout@"):
-                assert s["with"]["persist-credentials"] is False
+        if s.get("uses", "").startswith("actions/checkout@"):
+            assert s["with"]["persist-credentials"] is False
+
+
+def test_the_pinning_check_refuses_a_tag() -> None:
+    assert not PINNED.fullmatch("actions/checkout@v5")
+    assert not PINNED.fullmatch("actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09")
+    assert PINNED.fullmatch("actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09 # v5.1.0")
+
+
+@pytest.mark.parametrize("name", ["gitops-apply", "gitops-drift"])
+def test_the_pulumi_cli_is_pinned_to_the_sdks_version(name: str) -> None:
+    (sdk,) = re.findall(r"^pulumi==(\S+)", (ROOT / "requirements.txt").read_text(), re.M)
+    installs = [s for s in steps(load(name)) if s.get("uses", "").startswith("pulumi/actions@")]
+    assert installs
+    for s in installs:
+        assert str(s["with"]["pulumi-version"]) == sdk
 
 
 # --- what the scripts run -------------------------------------------------------------------
@@ -531,7 +632,7 @@ def test_the_first_plan_creates_the_comment(tmp_path: Path) -> None:
     assert github.writes() == [["--method", "POST", "repos/limedrop/fleet/issues/12/comments"]]
     body = github.data["comments"][-1]["body"]
     assert body.startswith(MARKER + "\n### GitOps plan for `aaaaaaaaaaaa`")
-    assert f"Made for commit `{SHA}`" in body
+    assert f"Made for commit `{SHA}` merged into its base branch" in body
     assert "(https://github.com/limedrop/fleet/actions/runs/77)" in body
     assert body.endswith("**3 servers**: size s-1 -> s-2\n")
     # The token travels in the environment only.

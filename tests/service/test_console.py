@@ -96,6 +96,7 @@ SIGNED_OUT = [
     ("GET", "/console/deployments/not-a-number/events"),
     ("GET", "/console/static/console.js"),
     ("GET", "/console/no-such-page"),
+    ("GET", "/console/gitops"),
     ("POST", "/console/servers"),
     ("POST", "/console/servers/web-1/retry"),
     ("POST", "/console/servers/web-1/destroy"),
@@ -130,6 +131,7 @@ def test_signed_out_every_console_url_redirects_to_sign_in(
         "/console/sign-out": "/console/sign-out",
         "/console/{rest:path}": "/console/no-such-page",
         "/console/static/{name}": "/console/static/console.js",
+        "/console/gitops": "/console/gitops",
         "/console/sign-in": None,  # public
     }
     assert paths == set(covered)

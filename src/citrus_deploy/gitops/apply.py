@@ -24,7 +24,7 @@ import psycopg
 
 from citrus_deploy.engine.fingerprint import program_hash
 from citrus_deploy.errors import CitrusError
-from citrus_deploy.gitops import gitrepo
+from citrus_deploy.gitops import gitrepo, notify
 from citrus_deploy.gitops.command import database_url, require_folder, write_json
 from citrus_deploy.gitops.fleet import read_fleet
 from citrus_deploy.gitops.plan import make_plan
@@ -345,6 +345,16 @@ def _apply(args: argparse.Namespace) -> int:
         gitops_store.finish_apply(conn, apply_id, outcome)
     print(render_table(table), file=out)
     print(f"apply {apply_id}: {outcome}" + (f" ({stopped})" if stopped else ""), file=out)
+    notify.notify(
+        notify.apply_message(
+            apply_id=apply_id,
+            repository=plan["repository"],
+            commit=plan["commit"],
+            outcome=outcome,
+            stopped=stopped,
+            results=table,
+        )
+    )
     if _opt(args, "json"):
         write_json(
             Path(args.json),

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from citrus_deploy.errors import CitrusError, first_line
+from citrus_deploy.gitops import notify
 from citrus_deploy.gitops.command import database_url, repository_of, write_json
 from citrus_deploy.gitops.workers import ServiceWorkersWatch, Workers, require_workers
 from citrus_deploy.queue import checks
@@ -161,6 +162,7 @@ def _drift(args: argparse.Namespace) -> int:
                 if any(code not in (0, -15) for code in codes):
                     workers.show_log()
     text, code = report(drifts)
+    notify.notify(notify.drift_message(repository, drifts))
     target = getattr(args, "json", None)
     if target:
         write_json(

@@ -11,8 +11,9 @@ output is read per stream, a short query a second, from where the stream left of
 
 A module per concern, each importing only those before it (an import contract in
 pyproject.toml): queries (console.sql), sessions (cookies, their key, sign-outs), render
-(templates), fleet (its rows), guard (the request's session, the route class), pages, forms
-(deploy, retry, destroy), sign_in, live (the streams). This module assembles the router.
+(templates), fleet (its rows), guard (the request's session, the route class), pages and
+folders (the GitOps page), forms (deploy, retry, destroy), sign_in, live (the streams). This
+module assembles the router.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from citrus_deploy.settings import Settings
+from citrus_deploy.web.console.folders import Folders
 from citrus_deploy.web.console.forms import Forms
 from citrus_deploy.web.console.guard import Guard, guarded_route
 from citrus_deploy.web.console.live import Live
@@ -42,6 +44,7 @@ def router(settings: Settings) -> APIRouter:
     pages = Pages(settings, guard)
     forms = Forms(guard, pages)
     live = Live(settings, guard)
+    folders = Folders(guard)
     routes = APIRouter(
         prefix=PREFIX,
         route_class=guarded_route(guard.signed_in, guard.remember_device),
@@ -58,6 +61,7 @@ def router(settings: Settings) -> APIRouter:
         ("POST", "/servers/{name}/retry", forms.retry),
         ("POST", "/servers/{name}/destroy", forms.destroy),
         ("GET", "/deployments/{deployment_id}/events", live.output_events),
+        ("GET", "/gitops", folders.gitops),
         ("GET", "/static/{name}", pages.static),
     )
     for method, path, endpoint in table:

@@ -50,3 +50,33 @@ INSERT INTO console_secret (secret)
 VALUES (sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())))
 ON CONFLICT (id) DO UPDATE SET id = console_secret.id
 RETURNING secret;
+
+-- name: console_gitops_last_applies
+-- The last `citrus-deploy gitops apply` of each repository (web/console/folders.py).
+SELECT DISTINCT ON (repository) id, repository, commit, started_at, finished_at, outcome
+FROM gitops_applies
+ORDER BY repository, id DESC;
+
+-- name: console_gitops_apply_deployments
+-- The deployments of those applies, in the order the rollout queued them (its waves).
+SELECT apply_id, id, server_name, kind, state, error, created_at, finished_at
+FROM deployments
+WHERE apply_id = ANY (%(ids)s::bigint[])
+ORDER BY apply_id, id;
+
+-- name: console_gitops_drift
+-- Each GitOps server's last finished drift check (a refresh check, `gitops drift`), and whether
+-- it found a resource deleted or changed outside Pulumi (as gitops.drift.describe reads it).
+SELECT o.repository, o.name, c.id AS check_id, c.state, c.error, c.finished_at,
+       CASE WHEN jsonb_typeof(c.result -> 'steps') = 'array' THEN EXISTS (
+           SELECT FROM jsonb_array_elements(c.result -> 'steps') AS step
+           WHERE step ->> 'op' IN ('delete', 'update')
+       ) ELSE false END AS drifted
+FROM server_ownership o
+JOIN LATERAL (
+    SELECT id, state, error, finished_at, result FROM checks
+    WHERE lower(server_name) = o.key AND kind = 'refresh' AND state IN ('succeeded', 'failed')
+    ORDER BY id DESC LIMIT 1
+) c ON true
+WHERE o.managed_by = 'gitops'
+ORDER BY o.repository, o.name;
