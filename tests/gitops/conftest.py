@@ -12,6 +12,7 @@ Keys without a namespace get `citrus-deploy:`; write `gitops:adopt=True` as
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import psycopg
 import pytest
 import yaml
 
+from citrus_deploy.engine import fingerprint
 from citrus_deploy.gitops.cli import main as gitops_main
 from tests.service.conftest import Worker, service_env, wait_for
 
@@ -92,6 +94,24 @@ def fleet_repo(tmp_path: Path) -> FleetRepo:
     (fleet / "README.md").write_text("One file per server.\n")
     repo.commit("start the fleet")
     return repo
+
+
+def checkout_of_the_program(repo: FleetRepo) -> Path:
+    """Makes the fleet repository a checkout of citrus-deploy (the README's walk-through): the
+    program under src/citrus_deploy, committed. Returns that package directory."""
+    package = repo.root / "src" / "citrus_deploy"
+    shutil.copytree(
+        fingerprint.PACKAGE / "program",
+        package / "program",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    for name in fingerprint.ROOT_MODULES:
+        shutil.copy(fingerprint.PACKAGE / name, package / name)
+    (package / "web").mkdir()
+    (package / "web" / "app.py").write_text("# not the program\n")
+    repo.write("web-1")
+    repo.commit("the program and its fleet")
+    return package
 
 
 # -- `gitops` against the service: real PostgreSQL, queue workers, the engine stand-in ------------

@@ -20,7 +20,17 @@ from citrus_deploy.gitops.rollout import BUSY
 from citrus_deploy.gitops.workers import NoWorkers, ServiceWorkersWatch
 from citrus_deploy.store import gitops as gitops_store
 from tests.conftest import insert_server
-from tests.gitops.conftest import REPO, FleetRepo, Hub, apply, gitops, make_fleet, query, table
+from tests.gitops.conftest import (
+    REPO,
+    FleetRepo,
+    Hub,
+    apply,
+    checkout_of_the_program,
+    gitops,
+    make_fleet,
+    query,
+    table,
+)
 from tests.service.conftest import Worker
 
 
@@ -114,7 +124,23 @@ def test_uncommitted_files_are_refused(
     fleet_repo.write("web-2", size="s-1vcpu-1gb")
     code, _, err = apply(capsys, fleet_repo)
     assert code == 1
-    assert "uncommitted changes (fleet/Pulumi.web-2.yaml)" in err
+    assert "uncommitted changes in the fleet folder: fleet/Pulumi.web-2.yaml" in err
+    assert deployments(env["DATABASE_URL"]) == []
+
+
+def test_uncommitted_program_changes_are_refused(
+    env: dict[str, str], fleet_repo: FleetRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An edited component would run on every server under a commit that does not hold it."""
+    package = checkout_of_the_program(fleet_repo)
+    with (package / "program" / "component.py").open("a") as file:
+        file.write("# an edit nobody committed\n")
+    code, _, err = apply(capsys, fleet_repo)
+    assert code == 1
+    assert (
+        "apply: refused: uncommitted changes in the program: "
+        "src/citrus_deploy/program/component.py (a plan is made for a commit): commit them"
+    ) in err
     assert deployments(env["DATABASE_URL"]) == []
 
 

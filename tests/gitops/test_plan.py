@@ -16,7 +16,7 @@ from citrus_deploy.gitops.plan import Plan, ServerPlan, forces_replace, make_pla
 from citrus_deploy.program.component import REPLACE_KEYS
 from citrus_deploy.store.ownership import Deployed
 from tests.conftest import insert_server
-from tests.gitops.conftest import FleetRepo
+from tests.gitops.conftest import FleetRepo, checkout_of_the_program
 
 REPO = "example/fleet"
 PROGRAM = "a" * 64
@@ -376,8 +376,8 @@ def test_plan_refuses_uncommitted_changes_naming_them(
     assert run_plan(fleet_repo, monkeypatch, None) == 2
     err = capsys.readouterr().err
     assert err == (
-        "gitops plan: uncommitted changes in the fleet folder (a plan is made for a commit): "
-        "fleet/Pulumi.web-1.yaml, fleet/Pulumi.web-2.yaml, fleet/Pulumi.web-3.yaml\n"
+        "gitops plan: uncommitted changes in the fleet folder: fleet/Pulumi.web-1.yaml, "
+        "fleet/Pulumi.web-2.yaml, fleet/Pulumi.web-3.yaml (a plan is made for a commit)\n"
     )
 
 
@@ -388,9 +388,50 @@ def test_plan_prints_uncommitted_file_names_escaped(
     fleet_repo.write_text("Pulumi.web\n::error::pwned.yaml", "config: {}\n")
     assert run_plan(fleet_repo, monkeypatch, None) == 2
     assert capsys.readouterr().err == (
-        "gitops plan: uncommitted changes in the fleet folder (a plan is made for a commit): "
-        "fleet/Pulumi.web\\n::error::pwned.yaml\n"
+        "gitops plan: uncommitted changes in the fleet folder: "
+        "fleet/Pulumi.web\\n::error::pwned.yaml (a plan is made for a commit)\n"
     )
+
+
+def test_plan_refuses_uncommitted_program_changes(
+    fleet_repo: FleetRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan hashes the checkout's program: an edit not in the commit would be deployed
+    under a commit that does not hold it."""
+    package = checkout_of_the_program(fleet_repo)
+    with (package / "program" / "component.py").open("a") as file:
+        file.write("# an edit nobody committed\n")
+    (package / "errors.py").write_text("")
+    (package / "program" / "templates" / "extra.sh.j2").write_text("echo new\n")
+    assert run_plan(fleet_repo, monkeypatch, None) == 2
+    assert capsys.readouterr().err == (
+        "gitops plan: uncommitted changes in the program: src/citrus_deploy/errors.py, "
+        "src/citrus_deploy/program/component.py, "
+        "src/citrus_deploy/program/templates/extra.sh.j2 (a plan is made for a commit)\n"
+    )
+
+
+def test_plan_refuses_an_ignored_file_the_program_hash_reads(
+    fleet_repo: FleetRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = checkout_of_the_program(fleet_repo)
+    (fleet_repo.root / ".gitignore").write_text("*.local\n")
+    fleet_repo.commit("ignore local files")
+    (package / "program" / "settings.local").write_text("hashed all the same\n")
+    assert run_plan(fleet_repo, monkeypatch, None) == 2
+    assert "in the program: src/citrus_deploy/program/settings.local" in capsys.readouterr().err
+
+
+def test_plan_ignores_what_is_not_the_program(
+    fleet_repo: FleetRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Compiled files, and the service's code beside the program, are not hashed."""
+    package = checkout_of_the_program(fleet_repo)
+    (package / "web" / "app.py").write_text("# edited, not the program\n")
+    (package / "program" / "__pycache__").mkdir(exist_ok=True)
+    (package / "program" / "__pycache__" / "component.cpython-311.pyc").write_bytes(b"\0")
+    assert run_plan(fleet_repo, monkeypatch, None) == 2  # then it needs the database
+    assert "DATABASE_URL is not set" in capsys.readouterr().err
 
 
 def test_plan_needs_a_database_url(

@@ -28,14 +28,17 @@ def program_files(package: Path = PACKAGE) -> list[Path]:
     relative path."""
     found = [package / name for name in ROOT_MODULES if (package / name).is_file()]
     for path in (package / "program").rglob("*"):
-        relative = path.relative_to(package)
-        if (
-            path.is_file()
-            and not _SKIPPED_PARTS.intersection(relative.parts)
-            and path.suffix not in _SKIPPED_SUFFIXES
-        ):
+        if path.is_file() and hashed(path.relative_to(package)):
             found.append(path)
     return sorted(found, key=lambda p: p.relative_to(package).as_posix())
+
+
+def hashed(relative: Path) -> bool:
+    """Whether a file of the program (by its path under the package, or any path ending so)
+    counts in the hash: compiled files and their caches do not."""
+    return (
+        not _SKIPPED_PARTS.intersection(relative.parts) and relative.suffix not in _SKIPPED_SUFFIXES
+    )
 
 
 def dependency_versions() -> list[str]:

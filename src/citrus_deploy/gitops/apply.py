@@ -210,14 +210,13 @@ def stale_plan_error(given: Mapping[str, Any], fresh: Mapping[str, Any]) -> str 
 def fresh_plan(
     conn: psycopg.Connection[Any], directory: Path, repository: str | None
 ) -> dict[str, Any]:
-    """The plan for HEAD, as `plan` makes it (its JSON form); refuses uncommitted files."""
+    """The plan for HEAD, as `plan` makes it (its JSON form); refuses uncommitted files of the
+    fleet folder or the program."""
 
     top = gitrepo.toplevel(require_folder(directory))
-    dirty = gitrepo.uncommitted(directory)
+    dirty = gitrepo.uncommitted_error(directory, top)
     if dirty:
-        raise ApplyRefused(
-            f"{directory} has uncommitted changes ({', '.join(dirty)}): commit them, then apply"
-        )
+        raise ApplyRefused(f"{dirty}: commit them, then apply")
     fleet = read_fleet(directory, gitrepo.relative(directory, top))
     plan = make_plan(
         fleet,

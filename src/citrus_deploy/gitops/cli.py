@@ -181,12 +181,9 @@ def run_plan(args: argparse.Namespace) -> int:
         raise UsageError("--json - and --markdown - cannot both write to stdout")
     folder = _fleet_dir(args.dir)
     top = gitrepo.toplevel(folder)
-    dirty = gitrepo.uncommitted(folder)
+    dirty = gitrepo.uncommitted_error(folder, top)
     if dirty:
-        raise UsageError(
-            "uncommitted changes in the fleet folder (a plan is made for a commit): "
-            + ", ".join(dirty)
-        )
+        raise UsageError(dirty)
     commit = gitrepo.head_commit(folder)
     repository = gitrepo.repository_identity(args.repository, top)
     program = program_hash(gitrepo.program_root(top))

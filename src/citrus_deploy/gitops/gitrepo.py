@@ -58,15 +58,57 @@ def uncommitted(directory: Path) -> list[str]:
     message: relative to the repository's top level, escaped (a file name may hold a newline).
     """
     out = git(directory, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".")
+    return sorted(printable(name) for name in _status_paths(out))
+
+
+def uncommitted_program(top: Path) -> list[str]:
+    """The program's files (engine.fingerprint.program_files) that differ from HEAD in the
+    checkout at `top`, when the program a plan hashes is that checkout's (program_root); none
+    when it is the installed package, which no commit of this repository holds.
+
+    Ignored files count too (the hash reads them), except what the hash itself skips.
+    """
+    root = program_root(top)
+    if root != top / "src" / "citrus_deploy":
+        return []
+    paths = [root / "program", *(root / name for name in program.ROOT_MODULES)]
+    out = git(
+        top,
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--ignored=matching",
+        "--",
+        *(relative(path, top) for path in paths),
+    )
+    return sorted(printable(name) for name in _status_paths(out) if program.hashed(Path(name)))
+
+
+def uncommitted_error(folder: Path, top: Path) -> str | None:
+    """What is uncommitted in the fleet folder and in the program, or None: a plan (and an
+    apply) is made for a commit, and both are part of it."""
+    parts = []
+    if fleet := uncommitted(folder):
+        parts.append(f"in the fleet folder: {', '.join(fleet)}")
+    if program_files := uncommitted_program(top):
+        parts.append(f"in the program: {', '.join(program_files)}")
+    if not parts:
+        return None
+    return f"uncommitted changes {'; '.join(parts)} (a plan is made for a commit)"
+
+
+def _status_paths(out: str) -> list[str]:
+    """The paths of `git status --porcelain=v1 -z` output."""
     names: list[str] = []
     entries = iter(out.split("\0"))
     for entry in entries:
         if not entry:
             continue
-        names.append(printable(entry[3:]))
+        names.append(entry[3:])
         if entry[0] in "RC":
             next(entries, None)  # a rename's second path is its source
-    return sorted(names)
+    return names
 
 
 def relative(directory: Path, top: Path) -> str:
